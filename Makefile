@@ -1,0 +1,55 @@
+# The two commands: `make demo` (fine-tune the embedded default model on example_data/) and
+# `make test` (every check CI runs). Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch is installed before the package so that no unpinned requirement pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test install check-clean check-sync check-readme nbtest pytest readme clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py settings.ini
+	@if [ ! -x $(BIN)/python ]; then \
+	  if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+	    echo "Using the GPU torch already installed for $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; fi
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --progress-bar off "$(TORCH)"
+	$(BIN)/pip install --progress-bar off -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/embed-nb demo --output-dir runs/demo
+
+test: $(STAMP) check-clean check-sync check-readme nbtest pytest
+
+# The notebooks are the source: they must be clean, and exporting them must not change the library.
+check-clean: $(STAMP)
+	@before=$$(cat nbs/*.ipynb nbs/*/*.ipynb 2>/dev/null | md5sum); $(BIN)/nbdev_clean; \
+	after=$$(cat nbs/*.ipynb nbs/*/*.ipynb 2>/dev/null | md5sum); \
+	if [ "$$before" != "$$after" ]; then echo "FAIL: notebooks were not clean (nbdev_clean changed them)"; exit 1; fi; \
+	echo "ok: notebooks clean"
+
+check-sync: $(STAMP)
+	@before=$$(find embed_nb -name '*.py' | sort | xargs cat | md5sum); $(BIN)/nbdev_export; \
+	after=$$(find embed_nb -name '*.py' | sort | xargs cat | md5sum); \
+	if [ "$$before" != "$$after" ]; then echo "FAIL: embed_nb/ differed from the notebooks (nbdev_export changed it)"; exit 1; fi; \
+	echo "ok: library in sync with notebooks"
+
+readme: $(STAMP)
+	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --stdout > README.md
+
+check-readme: $(STAMP)
+	@$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --stdout | diff -q - README.md >/dev/null \
+	  || { echo "FAIL: README.md differs from nbs/index.ipynb (run make readme)"; exit 1; }; echo "ok: README in sync"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
