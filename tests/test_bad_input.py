@@ -1,0 +1,85 @@
+"""Every kind of bad input gets one clear message naming file, line and problem, exit code 2, no traceback,
+and nothing already saved is lost."""
+import contextlib, io, json, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+from embed_nb.cli import main
+from conftest import ROOT, EXAMPLES
+
+GOOD = {"query": "how heavy is it", "pos": ["it weighs ten grams"]}
+
+def write(path, *lines):
+    path.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+    return path
+
+def train_cli(config: dict, tmp_path):
+    "Run `embed-nb train` in-process; return (exit code, stderr)."
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err): code = main(["train", "--config", str(cfg)])
+    return code, err.getvalue()
+
+CASES = [  # (lines of the data file, expected line number, expected problem)
+    ([GOOD, '{"query": "q", "pos": ["p"'], 2, "invalid JSON"),
+    ([GOOD, {"pos": ["p"]}], 2, "missing 'query'"),
+    ([{"query": "", "pos": ["p"]}], 1, "'query' must be a non-empty string"),
+    ([GOOD, GOOD, {"query": "q", "pos": "p"}], 3, "'pos' must be a non-empty list of strings"),
+    ([{"query": "q", "pos": []}], 1, "'pos' must be a non-empty list of strings"),
+    ([{"query": "q", "pos": ["a", "b"], "scores": [1.0]}], 1, "'scores' has 1 values but 'pos' has 2 documents"),
+    ([{"query": "q", "pos": ["a"], "scores": ["high"]}], 1, "'scores' must be a list of finite numbers"),
+    ([GOOD, {"query": "q", "pos": ["a"], "neg": ["b"]}], 2, "this line is in the 'hard_neg' format"),
+    ([GOOD, {"query": "q"}], 2, "this line is in the 'distill' format"),
+]
+
+@pytest.mark.parametrize("lines,line,problem", CASES, ids=[c[2].split("'")[1] if "'" in c[2] else c[2] for c in CASES])
+def test_bad_data_line(lines, line, problem, tiny_model, tmp_path):
+    data = write(tmp_path / "train.jsonl", *lines)
+    code, err = train_cli({"model_name_or_path": tiny_model, "train_dataset": str(data), "output_dir": str(tmp_path / "out")}, tmp_path)
+    assert code == 2
+    assert err.startswith(f"embed-nb: error: {data}:{line}: ") and problem in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+def test_empty_file(tiny_model, tmp_path):
+    data = write(tmp_path / "empty.jsonl", "", "   ")
+    code, err = train_cli({"model_name_or_path": tiny_model, "train_dataset": str(data)}, tmp_path)
+    assert code == 2 and f"{data}: file is empty" in err
+
+def test_memmap_of_the_wrong_size(tiny_model, tmp_path):
+    data = write(tmp_path / "d.jsonl", {"query": "a"}, {"query": "b"}, {"query": "c"})
+    vec = tmp_path / "t.f32"
+    np.zeros((2, 8), dtype=np.float32).tofile(vec)
+    code, err = train_cli({"model_name_or_path": tiny_model, "train_type": "distill", "train_dataset": str(data),
+                           "train_dataset_vec": str(vec), "teatch_emebedding_dim": 8}, tmp_path)
+    assert code == 2 and f"{vec}: teacher embeddings file has 64 bytes, but 3 rows x 8 dims x 4 bytes (float32) = 96" in err, err
+
+@pytest.mark.parametrize("text,expected", [
+    ("train_dataset: x.jsonl\nbatchsize: 8\n", "cfg.yaml:2: unknown key 'batchsize' (did you mean 'batch_size'?)"),
+    ("train_dataset: x.jsonl\nlr: fast\n", "cfg.yaml:2: 'lr' could not convert string to float"),
+    ("train_dataset: x.jsonl\nmixed_precision: fp8\n", "cfg.yaml:2: 'mixed_precision' must be no, fp16 or bf16"),
+    ("train_dataset: [x\n", "cfg.yaml:2: invalid yaml"),
+    ("lr: 1e-5\n", "'train_dataset' is required"),
+    ("train_dataset: /no/such/file.jsonl\n", "/no/such/file.jsonl: file not found"),
+])
+def test_bad_config(text, expected, tmp_path):
+    (tmp_path / "cfg.yaml").write_text(text)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err): code = main(["train", "--config", str(tmp_path / "cfg.yaml")])
+    assert code == 2 and expected in err.getvalue(), err.getvalue()
+
+def test_subprocess_message_has_no_traceback_and_keeps_saved_model(tiny_model, tmp_path):
+    "A real `embed-nb` process: exit 2, one paragraph; a model saved earlier in output_dir survives."
+    out = tmp_path / "out"
+    good = write(tmp_path / "good.jsonl", GOOD, {"query": "what does it cost", "pos": ["it costs ten dollars"]})
+    assert main(["train", "--config", str(write(tmp_path / "ok.yaml", f"model_name_or_path: {tiny_model}", f"train_dataset: {good}",
+                 f"output_dir: {out}", "epochs: 1", "batch_size: 2"))]) == 0
+    saved = {p: p.read_bytes() for p in (out / "model").rglob("*") if p.is_file()}
+    bad = write(tmp_path / "bad.jsonl", GOOD, {"query": "q", "pos": ["a"], "scores": [1, 2]})
+    cfg = write(tmp_path / "bad.yaml", f"model_name_or_path: {tiny_model}", f"train_dataset: {bad}", f"output_dir: {out}")
+    r = subprocess.run([str(Path(sys.executable).parent / "embed-nb"), "train", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"embed-nb: error: {bad}:2: 'scores' has 2 values but 'pos' has 1 documents"
+    assert "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in (out / "model").rglob("*") if p.is_file()} == saved
