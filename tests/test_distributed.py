@@ -1,0 +1,102 @@
+"""Several processes (CPU, gloo) train exactly as one process with the whole batch; without cross-device negatives
+each process sees only its own; models saved by a multi-process run load as usual."""
+import importlib.util, json
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from embed_nb.model import make_tiny_model
+from embed_nb.train import train, launch
+from conftest import EXAMPLES
+
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    "A tiny model without dropout, so that runs differ only in how the batch is split."
+    texts = []
+    for name in ["hard_neg", "scored", "distill"]:
+        for line in open(EXAMPLES / f"{name}.jsonl"):
+            d = json.loads(line); texts += [d["query"], *d.get("pos", []), *d.get("neg", [])]
+    return make_tiny_model(tmp_path_factory.mktemp("tiny0"), texts, hidden=32, dropout=0.0)
+
+def config(model, name, out, **kw):
+    cfg = dict(model_name_or_path=model, train_dataset=str(EXAMPLES / f"{name}.jsonl"), output_dir=str(out), batch_size=8,
+               max_steps=5, log_interval=1, lr=5e-4, warmup_proportion=0.0, save_on_epoch_end=False, neg_nums=2, seed=7)
+    if name == "distill": cfg.update(train_type="distill", train_dataset_vec=str(EXAMPLES / "distill_teacher.f32"))
+    return {**cfg, **kw}
+
+def losses(out): return np.array([json.loads(l)["loss"] for l in (Path(out) / "log.jsonl").read_text().splitlines()])
+
+def weights(model_dir):
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    return {k: v.detach().clone() for k, v in st.state_dict().items()}
+
+def assert_same_run(single, multi):
+    a, b = losses(single), losses(multi)
+    assert len(a) == len(b) >= 5
+    rel = np.abs(a - b) / np.abs(a)
+    assert rel.max() <= 1e-4, (a, b)
+    wa, wb = weights(Path(single) / "model"), weights(Path(multi) / "model")
+    assert wa.keys() == wb.keys()
+    diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert diff <= 1e-5, diff
+    # and training did move the weights: the comparison is not between two untouched models
+    init = weights(Path(single).parent / "init") if (Path(single).parent / "init").exists() else None
+    return diff
+
+CASES = [("ddp", "hard_neg", dict(use_mrl=True, mrl_dims=[8, 16, 32])), ("ddp", "pairs", {}), ("ddp", "scored", {}),
+         ("ddp", "distill", dict(use_mrl=True, mrl_dims=[64, 384])), ("fsdp", "hard_neg", dict(use_mrl=True, mrl_dims=[8, 32])),
+         pytest.param("deepspeed", "hard_neg", {}, marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed not installed"))]
+
+@pytest.mark.parametrize("strategy,name,extra", CASES)
+def test_two_processes_equal_one(strategy, name, extra, model, tmp_path):
+    "2 processes x 4 rows with cross-device negatives == 1 process x 8 rows: losses (1e-4) and final weights (1e-5)."
+    train(config(model, name, tmp_path / "single", **extra))
+    launch(config(model, name, tmp_path / "multi", batch_size=4, **extra), num_processes=2, strategy=strategy)
+    run = json.loads((tmp_path / "multi" / "run.json").read_text())
+    assert (run["world_size"], run["strategy"], run["negatives_cross_device"]) == (2, strategy, True)
+    assert_same_run(tmp_path / "single", tmp_path / "multi")
+    start = weights(model)
+    moved = max((weights(tmp_path / "multi" / "model")[k] - start[k]).abs().max().item() for k in start if k in start)
+    assert moved > 1e-3  # the runs trained: equal weights are not just the untouched start
+    if strategy == "ddp": assert run["replicas_max_abs_diff"] == 0.0
+
+def test_unsynchronised_gradients_are_caught(model, tmp_path):
+    "The check above fails when processes do not average gradients: skip DDP's all-reduce and compare again."
+    import torch.nn.parallel.distributed as ddp_mod
+    train(config(model, "pairs", tmp_path / "single"))
+    original = ddp_mod.DistributedDataParallel.forward
+    def no_sync_forward(self, *a, **k):
+        with self.no_sync(): return original(self, *a, **k)
+    ddp_mod.DistributedDataParallel.forward = no_sync_forward  # forked processes inherit the patch
+    try: launch(config(model, "pairs", tmp_path / "multi", batch_size=4), num_processes=2, strategy="ddp")
+    finally: ddp_mod.DistributedDataParallel.forward = original
+    with pytest.raises(AssertionError): assert_same_run(tmp_path / "single", tmp_path / "multi")
+    assert json.loads((tmp_path / "multi" / "run.json").read_text())["replicas_max_abs_diff"] > 0
+
+def test_without_cross_device_each_process_sees_its_own_negatives(model, tmp_path):
+    "Cross-device off: the first loss is the mean of each half's own loss; on: the loss of the whole batch."
+    rows = (EXAMPLES / "pairs.jsonl").read_text().splitlines()[:8]
+    for name, part in [("whole", rows), ("half0", rows[:4]), ("half1", rows[4:])]:
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(part) + "\n")
+    first = lambda out: losses(out)[0]
+    base = dict(model_name_or_path=model, output_dir="", max_steps=1, log_interval=1, shuffle=False, save_on_epoch_end=False)
+    for name, bs in [("whole", 8), ("half0", 4), ("half1", 4)]:
+        train({**base, "train_dataset": str(tmp_path / f"{name}.jsonl"), "output_dir": str(tmp_path / f"ref_{name}"), "batch_size": bs})
+    for cross in [False, True]:
+        launch({**base, "train_dataset": str(tmp_path / "whole.jsonl"), "output_dir": str(tmp_path / f"multi_{cross}"), "batch_size": 4,
+                "negatives_cross_device": cross}, num_processes=2)
+    own = (first(tmp_path / "ref_half0") + first(tmp_path / "ref_half1")) / 2
+    assert abs(first(tmp_path / "multi_False") - own) <= 1e-4 * own
+    assert abs(first(tmp_path / "multi_True") - first(tmp_path / "ref_whole")) <= 1e-4 * first(tmp_path / "ref_whole")
+    assert abs(own - first(tmp_path / "ref_whole")) > 1e-2  # the two really differ
+
+def test_cli_num_processes(model, tmp_path):
+    from embed_nb.cli import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config(model, "pairs", tmp_path / "out", batch_size=4, max_steps=2).items()))
+    assert main(["train", "--config", str(cfg), "--num-processes", "2", "--strategy", "ddp"]) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["world_size"] == 2 and SentenceTransformer(str(tmp_path / "out" / "model"), device="cpu").encode(["x"]).shape == (1, 32)
