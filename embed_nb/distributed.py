@@ -75,7 +75,7 @@ def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = Non
     if not torch.cuda.is_available(): os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     notebook_launcher(fn, args, num_processes=num_processes, use_port=str(port or free_port()))
 
-# %% ../nbs/03_distributed.ipynb #fe5d3b4b
+# %% ../nbs/03_distributed.ipynb #4b3e78a7
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 def accelerator_kwargs(strategy: str | None, zero_stage: int = 2, batch_size: int = 1, gradient_accumulation_steps: int = 1,
@@ -85,7 +85,10 @@ def accelerator_kwargs(strategy: str | None, zero_stage: int = 2, batch_size: in
     if strategy in (None, "ddp", "fsdp"):  # FSDP shards by hand (`shard_model`): the model is not given to accelerate's plugin
         return {} if on_gpu or strategy is None else {"cpu": True}
     if strategy != "deepspeed": raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if not on_gpu: os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # as accelerate does for its CPU processes: without it a forked process can hang in its first OpenMP region
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2 // world_size))
     from accelerate.utils import DeepSpeedPlugin
     config = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
               "train_batch_size": batch_size * gradient_accumulation_steps * world_size, "zero_allow_untested_optimizer": True,

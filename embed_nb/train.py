@@ -162,7 +162,7 @@ def make_loss(cfg: TrainConfig, data_format: str, mrl_dims: list[int] | None = N
     else: loss = DistillLoss(cfg.cosine_weight, cfg.similarity_weight, cfg.triplet_weight, cfg.triplet_margin)
     return MatryoshkaLoss(loss, mrl_dims, cfg.mrl_weights) if cfg.use_mrl and mrl_dims else loss
 
-# %% ../nbs/04_train.ipynb #8012dd28
+# %% ../nbs/04_train.ipynb #8e7bb30c
 def _versions() -> dict:
     import accelerate, sentence_transformers, transformers, embed_nb
     return {"embed_nb": embed_nb.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -176,13 +176,23 @@ def _optimizer(model, cfg: TrainConfig):
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
+def _process(acc) -> tuple[int, int]:
+    "(rank, world size): torch.distributed's where it runs (under DeepSpeed on CPU accelerate reports 1 process), else accelerate's."
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return acc.process_index, acc.num_processes
+
+def _barrier(acc):
+    if _process(acc)[1] > 1: torch.distributed.barrier()
+
 def _gather_model(acc, model, fsdp: bool, load_model) -> Embedding | None:
     "The trained model, whole, on the main process (None elsewhere); every process must call it."
-    acc.wait_for_everyone()
-    if acc.num_processes == 1 or acc.distributed_type.value in ("MULTI_CPU", "MULTI_GPU") and not fsdp:
-        return acc.unwrap_model(model) if acc.is_main_process else None
+    _barrier(acc)
+    rank, world = _process(acc)
+    if world == 1 or acc.distributed_type.value in ("MULTI_CPU", "MULTI_GPU") and not fsdp:
+        return acc.unwrap_model(model) if rank == 0 else None
     state = full_state_dict(model) if fsdp else acc.get_state_dict(model)  # sharded: gather the full weights
-    if not acc.is_main_process: return None
+    if rank != 0: return None
     whole = load_model()
     whole.load_state_dict({k: v.float().cpu() for k, v in state.items()})
     return whole
@@ -199,7 +209,7 @@ def _save_checkpoint(model, output_dir: Path, epoch: int, keep: int):
     ckpts = sorted(output_dir.glob("checkpoint-epoch-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     for old in ckpts[:max(len(ckpts) - keep, 0)]: shutil.rmtree(old)
 
-# %% ../nbs/04_train.ipynb #84e5e3a4
+# %% ../nbs/04_train.ipynb #d53e9aea
 def _tracker(cfg: TrainConfig):
     "The accelerate tracker to log to, if available."
     if cfg.log_with in (None, "none"): return None
@@ -228,7 +238,9 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       log_with=_tracker(cfg), project_dir=cfg.output_dir,
                       **accelerator_kwargs(strategy, zero_stage, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm, world))
-    cross_device = acc.num_processes > 1 and cfg.negatives_cross_device is not False
+    rank, world = _process(acc)
+    main = rank == 0
+    cross_device = world > 1 and cfg.negatives_cross_device is not False
     set_seed(cfg.seed)
     teacher_dim = dataset.teacher.shape[1] if dataset.teacher is not None else None
     load_model = lambda: Embedding.from_pretrained(cfg.model_name_or_path, use_mrl=cfg.use_mrl, mrl_dims=cfg.mrl_dims, head_dim=teacher_dim)
@@ -241,27 +253,31 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
                         collate_fn=Collator(model.tokenizer, cfg.query_max_len, cfg.passage_max_len),
                         generator=torch.Generator().manual_seed(cfg.seed))
     mrl_dims = model.mrl_dims
-    fsdp = strategy == "fsdp" and acc.num_processes > 1
+    fsdp = strategy == "fsdp" and world > 1
     if fsdp: shard_model(model, cfg.mixed_precision)
     optimizer = _optimizer(model, cfg)
-    if fsdp: optimizer, loader = acc.prepare(optimizer, loader)
+    if world > acc.num_processes:  # accelerate does not see the other processes: shard the batches by hand
+        from accelerate.data_loader import prepare_data_loader
+        loader = prepare_data_loader(loader, acc.device, num_processes=world, process_index=rank)
+        model, optimizer = acc.prepare(model, optimizer)
+    elif fsdp: optimizer, loader = acc.prepare(optimizer, loader)
     else: model, optimizer, loader = acc.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
     total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or float("inf"))
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_proportion * total), total)
 
     out = Path(cfg.output_dir)
-    if acc.is_main_process:
+    if main:
         out.mkdir(parents=True, exist_ok=True)
         run = {"config": dataclasses.asdict(cfg), "data_format": dataset.format, "train_rows": len(dataset),
-               "world_size": acc.num_processes, "strategy": strategy or ("single" if acc.num_processes == 1 else acc.distributed_type.value),
+               "world_size": world, "strategy": strategy or ("single" if world == 1 else acc.distributed_type.value),
                "distributed_type": acc.distributed_type.value, "negatives_cross_device": cross_device,
                "mixed_precision": acc.mixed_precision, "optimizer_steps": total, "mrl_dims": mrl_dims,
                "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
         (out / "log.jsonl").write_text("")
     if acc.log_with: acc.init_trackers("tensorboard" if cfg.log_with == "tensorboard" else "embed_nb")
-    bar = tqdm(total=total, disable=not acc.is_local_main_process, desc="training")
+    bar = tqdm(total=total, disable=not main, desc="training")
     step, sums, micro, start = 0, {}, 0, time.time()
     for epoch in range(cfg.epochs):
         dataset.set_epoch(epoch)
@@ -278,12 +294,14 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
             if not acc.sync_gradients: continue
             scheduler.step(); step += 1; bar.update(1)
             if step % cfg.log_interval == 0 or step == total:
-                if not cross_device: sums = {k: acc.reduce(v, "mean") for k, v in sums.items()}  # each process had its own loss
+                if not cross_device and world > 1:  # each process had its own loss: log their mean
+                    for v in sums.values(): torch.distributed.all_reduce(v)
+                    sums = {k: v / world for k, v in sums.items()}
                 record = {"step": step, "epoch": round(epoch + (i + 1) / len(loader), 4),
                           **{k: (v / micro).item() for k, v in sums.items()}, "lr": scheduler.get_last_lr()[0],
                           "elapsed_s": round(time.time() - start, 2)}
                 sums, micro = {}, 0
-                if acc.is_main_process:
+                if main:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                     with open(out / "log.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
                     for cb in callbacks: cb(record)
@@ -291,24 +309,24 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
             if step >= total: break
         if cfg.save_on_epoch_end:
             trained = _gather_model(acc, model, fsdp, load_model)
-            if acc.is_main_process: _save_checkpoint(trained, out, epoch + 1, cfg.num_max_checkpoints)
+            if main: _save_checkpoint(trained, out, epoch + 1, cfg.num_max_checkpoints)
         if step >= total: break
     bar.close()
     trained = _gather_model(acc, model, fsdp, load_model)
     spread = _replica_spread(acc, model) if acc.distributed_type.value in ("MULTI_CPU", "MULTI_GPU") and not fsdp else None
-    if acc.is_main_process:
+    if main:
         trained.save_pretrained(out / "model")
         if spread is not None: run["replicas_max_abs_diff"] = spread
         run["finished"], run["elapsed_s"] = time.strftime("%Y-%m-%dT%H:%M:%S"), round(time.time() - start, 2)
         (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    acc.wait_for_everyone()
+    _barrier(acc)
     del model, optimizer, loader, trained
     acc.free_memory()  # release DDP's reducer while its process group lives: freed after, a gloo group can hang
     acc.end_training()
-    if acc.num_processes == 1: AcceleratorState._reset_state(reset_partial_state=True)  # leave the kernel free to launch processes
+    if world == 1: AcceleratorState._reset_state(reset_partial_state=True)  # leave the kernel free to launch processes
     return out / "model"
 
-# %% ../nbs/04_train.ipynb #6e1bc367
+# %% ../nbs/04_train.ipynb #90cca47e
 def _launched_train(cfg: dict, strategy: str, zero_stage: int):
     train(cfg, strategy=strategy, zero_stage=zero_stage)
 
@@ -321,6 +339,9 @@ def launch(config=None, # a TrainConfig, a dict or a yaml path
     "Train on `num_processes` connected processes from a notebook cell; return the saved model's folder."
     if strategy not in STRATEGIES: raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if zero_stage not in (1, 2, 3): raise ConfigError(f"zero_stage must be 1, 2 or 3, got {zero_stage!r}")
+    if strategy == "deepspeed" and zero_stage == 3 and not torch.cuda.is_available():
+        raise ConfigError("DeepSpeed ZeRO-3 hangs in its first step on CPU processes: use ZeRO 1 or 2, or strategy='fsdp' "
+                          "(which shards parameters too), or run on GPUs")
     if mixed_precision: overrides["mixed_precision"] = mixed_precision
     cfg = load_config(config, **overrides)
     EmbeddingDataset(cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim)  # report data errors here
