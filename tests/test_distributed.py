@@ -6,20 +6,13 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
-from embed_nb.model import make_tiny_model
 from embed_nb.train import train, launch
 from conftest import EXAMPLES
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    "A tiny model without dropout, so that runs differ only in how the batch is split."
-    texts = []
-    for name in ["hard_neg", "scored", "distill"]:
-        for line in open(EXAMPLES / f"{name}.jsonl"):
-            d = json.loads(line); texts += [d["query"], *d.get("pos", []), *d.get("neg", [])]
-    return make_tiny_model(tmp_path_factory.mktemp("tiny0"), texts, hidden=32, dropout=0.0)
+@pytest.fixture
+def model(tiny_model_no_dropout): return tiny_model_no_dropout
 
 def config(model, name, out, **kw):
     cfg = dict(model_name_or_path=model, train_dataset=str(EXAMPLES / f"{name}.jsonl"), output_dir=str(out), batch_size=8,
