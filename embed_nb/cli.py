@@ -27,7 +27,7 @@ def parse_overrides(items: list[str]) -> dict:
         except yaml.YAMLError: out[key.strip()] = value
     return out
 
-# %% ../nbs/07_cli.ipynb #66a97406
+# %% ../nbs/07_cli.ipynb #4b7a706f
 def find_example_data(path=None) -> Path:
     "The example data folder: `path`, else `./example_data`, else the one beside the package's source tree."
     import embed_nb
@@ -42,16 +42,19 @@ def _table(before: dict, after: dict, metrics=("ndcg@10", "recall@10")) -> str:
     return "\n".join(lines)
 
 def _similarity_png(base, tuned, data, path, n: int = 6):
-    "Side-by-side heatmaps, base and fine-tuned, for the first `n` held-out queries and their positives, at the smallest dimension."
+    "Side-by-side heatmaps, base and fine-tuned, for `n` held-out queries with different answers, at the smallest dimension."
     import matplotlib.pyplot as plt
-    qids = list(data.queries)[:n]
+    qids, seen = [], set()
+    for q in data.queries:  # one query per relevant document, so that the matrix has n different answers
+        if not seen & set(data.qrels[q]): qids.append(q); seen |= set(data.qrels[q])
+        if len(qids) == n: break
     dids = list(dict.fromkeys(d for q in qids for d in data.qrels[q]))
     positives = {i: [dids.index(d) for d in data.qrels[q]] for i, q in enumerate(qids)}
     dim = min(tuned.mrl_dims or [tuned.dim])
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, (label, m) in zip(axes, [("base model", base), ("fine-tuned", tuned)]):
         plot_similarity(m, [data.queries[q] for q in qids], [data.corpus[d] for d in dids], positives, dim=dim, ax=ax, title=f"{label}, {dim} dims")
-    fig.savefig(path, dpi=100)
+    fig.tight_layout(); fig.savefig(path, dpi=100)
     plt.close(fig)
 
 def demo(output_dir="runs/demo", data=None, model: str | None = None, **overrides) -> dict:
