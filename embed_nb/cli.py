@@ -27,7 +27,7 @@ def parse_overrides(items: list[str]) -> dict:
         except yaml.YAMLError: out[key.strip()] = value
     return out
 
-# %% ../nbs/07_cli.ipynb #4b7a706f
+# %% ../nbs/07_cli.ipynb #ad271a55
 def find_example_data(path=None) -> Path:
     "The example data folder: `path`, else `./example_data`, else the one beside the package's source tree."
     import embed_nb
@@ -68,13 +68,14 @@ def demo(output_dir="runs/demo", data=None, model: str | None = None, **override
     start = time.time()
     before = evaluate(base, held_out, ks=[10])
     model_dir = train(cfg)
-    after = evaluate(Embedding.from_pretrained(model_dir), held_out, ks=[10])
+    tuned = Embedding.from_pretrained(model_dir)
+    after = evaluate(tuned, held_out, ks=[10])
     out = Path(output_dir)
     result = {"before": before, "after": after, "model": str(model_dir), "seconds": round(time.time() - start, 1)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_loss(out)[0].savefig(out / "loss.png", dpi=100)
     plot_mrl({"base model": before, "fine-tuned": after})[0].savefig(out / "mrl.png", dpi=100)
-    _similarity_png(base, Embedding.from_pretrained(model_dir), held_out, out / "similarity.png")
+    _similarity_png(base, tuned, held_out, out / "similarity.png")
     print("\nRetrieval on the held-out queries:\n" + _table(before, after))
     print(f"\nsaved: {model_dir}  {out / 'metrics.json'}  {out / 'loss.png'}  {out / 'mrl.png'}  {out / 'similarity.png'}  ({result['seconds']} s)")
     return result
