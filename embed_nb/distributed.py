@@ -12,7 +12,7 @@ import torch.distributed as dist
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port', 'launch_processes',
            'accelerator_kwargs', 'transformer_layer_classes', 'shard_model', 'full_state_dict']
 
-# %% ../nbs/03_distributed.ipynb #ed694551
+# %% ../nbs/03_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
     "Whether a torch.distributed process group of more than one process is running."
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -24,11 +24,15 @@ def _sizes(n: int, device) -> list[int]:
     dist.all_gather(out, mine)
     return [int(s) for s in out]
 
+def _pad_rows(t: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    "`t` padded with zero rows to the longest of all processes, and every process's row count."
+    sizes = _sizes(len(t), t.device)
+    return torch.cat([t, t.new_zeros((max(sizes) - len(t), *t.shape[1:]))]), sizes
+
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     "Concatenate `t` from every process along dim 0; gradients flow back to each process's part."
     if not is_distributed(): return t
-    sizes = _sizes(len(t), t.device)
-    padded = torch.cat([t, t.new_zeros((max(sizes) - len(t), *t.shape[1:]))])
+    padded, sizes = _pad_rows(t)
     with warnings.catch_warnings():  # torch marks this autograd collective deprecated, but it is the one that works on gloo and nccl
         warnings.simplefilter("ignore")
         from torch.distributed.nn.functional import all_gather
@@ -41,8 +45,7 @@ def gather_plain(t: torch.Tensor) -> torch.Tensor:
     if t.ndim == 2:
         width = max(_sizes(t.shape[1], t.device))
         t = torch.cat([t, t.new_full((len(t), width - t.shape[1]), -1)], 1)
-    sizes = _sizes(len(t), t.device)
-    padded = torch.cat([t, t.new_zeros((max(sizes) - len(t), *t.shape[1:]))])
+    padded, sizes = _pad_rows(t)
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
@@ -61,7 +64,7 @@ def gather_batch(emb: dict, batch: dict) -> tuple[dict, dict]:
     if "teacher" in batch: out["teacher"] = gather_plain(batch["teacher"])
     return out_emb, out
 
-# %% ../nbs/03_distributed.ipynb #f4693bf8
+# %% ../nbs/03_distributed.ipynb #bcf0baf4
 def free_port() -> int:
     "A TCP port free on this machine now."
     with socket.socket() as s:
@@ -70,7 +73,7 @@ def free_port() -> int:
 def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = None):
     "Run `fn(*args)` in `num_processes` connected processes (GPUs when present, else CPU processes over gloo)."
     from accelerate import notebook_launcher
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
     AcceleratorState._reset_state(reset_partial_state=True)  # a finished single-process run in this kernel is no obstacle
     if not torch.cuda.is_available(): os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     notebook_launcher(fn, args, num_processes=num_processes, use_port=str(port or free_port()))
