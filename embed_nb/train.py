@@ -19,7 +19,7 @@ from .distributed import STRATEGIES, accelerator_kwargs, gather_batch, shard_mod
 # %% auto #0
 __all__ = ['ALIASES', 'FIELD_TYPES', 'ConfigError', 'TrainConfig', 'load_config', 'make_loss', 'train', 'launch']
 
-# %% ../nbs/04_train.ipynb #fc046873
+# %% ../nbs/04_train.ipynb #11b60670
 class ConfigError(EmbedNbError):
     "A mistake in a training configuration."
 
@@ -65,6 +65,11 @@ class TrainConfig:
     similarity_weight: float = 200.0
     triplet_weight: float = 20.0
     triplet_margin: float = 0.015
+    # evaluation during training (new)
+    eval_dataset: str | None = None # retrieval data: a BEIR folder, or a jsonl file in a training format
+    eval_steps: int | None = None # evaluate every this many optimizer steps; None: at each epoch's end (and always at the start)
+    eval_dims: list[int] | None = None # dimensions to evaluate; None: the model's mrl_dims, else its full width
+    eval_k: list[int] | None = None # metric cut-offs; None: [10]
     # logging
     log_interval: int = 10
     log_with: str | None = None # "tensorboard"; "wandb" when installed
@@ -99,7 +104,7 @@ def _coerce(name: str, value, kind: str):
     if base == "str": return ("yes" if value else "no") if isinstance(value, bool) else str(value)  # yaml 1.1 reads `no` as false
     raise TypeError(kind)
 
-# %% ../nbs/04_train.ipynb #aa19aaa4
+# %% ../nbs/04_train.ipynb #385e47d1
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 def _key_lines(text: str) -> dict:
@@ -117,6 +122,9 @@ def _check_values(c: TrainConfig, where):
              (c.train_type in ("train", "distill"), "train_type", "must be train or distill"),
              (c.log_with in (None, "tensorboard", "wandb", "none"), "log_with", "must be tensorboard or wandb"),
              (not c.mrl_dims or min(c.mrl_dims) > 0, "mrl_dims", "must be positive"),
+             (c.eval_steps is None or c.eval_steps >= 1, "eval_steps", "must be at least 1"),
+             (not c.eval_k or min(c.eval_k) >= 1, "eval_k", "must be at least 1"),
+             (not c.eval_dims or min(c.eval_dims) > 0, "eval_dims", "must be positive"),
              (c.train_dataset is not None, "train_dataset", "is required: the jsonl file to train on")]
     for ok, key, problem in rules:
         if not ok: raise ConfigError(f"{where(key)}: '{key}' {problem} (got {getattr(c, key)!r})")
@@ -148,7 +156,7 @@ def load_config(config=None, **overrides) -> TrainConfig:
             raise ConfigError(f"{where(key)}: '{key}' {e}" + ("" if "got" in str(e) else f" (got {value!r})")) from None
     cfg = TrainConfig(**values)
     if source:  # relative data paths: from the working directory as the spec does, else from the config's folder
-        for key in ("train_dataset", "train_dataset_vec"):
+        for key in ("train_dataset", "train_dataset_vec", "eval_dataset"):
             p = getattr(cfg, key)
             if p and not Path(p).is_absolute() and not Path(p).exists() and (source.parent / p).exists():
                 setattr(cfg, key, str(source.parent / p))
@@ -163,7 +171,7 @@ def make_loss(cfg: TrainConfig, data_format: str, mrl_dims: list[int] | None = N
     else: loss = DistillLoss(cfg.cosine_weight, cfg.similarity_weight, cfg.triplet_weight, cfg.triplet_margin)
     return MatryoshkaLoss(loss, mrl_dims, cfg.mrl_weights) if cfg.use_mrl and mrl_dims else loss
 
-# %% ../nbs/04_train.ipynb #8e7bb30c
+# %% ../nbs/04_train.ipynb #71b1eaee
 def _versions() -> dict:
     import accelerate, sentence_transformers, transformers, embed_nb
     return {"embed_nb": embed_nb.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -204,13 +212,27 @@ def _replica_spread(acc, model) -> float:
     every = acc.gather(sums[None])
     return float((every - every[0]).abs().max())
 
+def _eval_data(cfg: TrainConfig):
+    "The retrieval data of `eval_dataset`, read and checked before training starts (None without one)."
+    if not cfg.eval_dataset: return None
+    from embed_nb.evaluate import load_retrieval_data  # evaluate never imports train: no cycle
+    data = load_retrieval_data(cfg.eval_dataset)
+    if not data.queries: raise ConfigError(f"{cfg.eval_dataset}: eval_dataset has no query with a relevant document")
+    return data
+
+def _run_eval(model, data, cfg: TrainConfig, dims) -> dict:
+    "`{dim: {metric: value}}` of `model` on `data` (the model is left in training mode)."
+    from embed_nb.evaluate import evaluate
+    try: return evaluate(model, data, dims=cfg.eval_dims or dims, ks=cfg.eval_k or [10], batch_size=max(cfg.batch_size, 32))
+    finally: model.train()
+
 def _save_checkpoint(model, output_dir: Path, epoch: int, keep: int):
     "Save `checkpoint-epoch-{epoch}`, then delete the oldest beyond `keep`."
     model.save_pretrained(output_dir / f"checkpoint-epoch-{epoch}")
     ckpts = sorted(output_dir.glob("checkpoint-epoch-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     for old in ckpts[:max(len(ckpts) - keep, 0)]: shutil.rmtree(old)
 
-# %% ../nbs/04_train.ipynb #d53e9aea
+# %% ../nbs/04_train.ipynb #3f5c5c96
 def _tracker(cfg: TrainConfig):
     "The accelerate tracker to log to, if available."
     if cfg.log_with in (None, "none"): return None
@@ -232,6 +254,7 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     from transformers import get_cosine_schedule_with_warmup
     cfg = load_config(config, **overrides)
     dataset = EmbeddingDataset(cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim, cfg.seed)
+    eval_data = _eval_data(cfg)
     if cfg.train_type == "distill" and dataset.format != "distill":
         raise ConfigError(f"train_type is distill but {cfg.train_dataset} is in the '{dataset.format}' format: distillation reads {{query}} lines")
     AcceleratorState._reset_state(); GradientState._reset_state()  # a new run may change precision or accumulation
@@ -247,6 +270,8 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     load_model = lambda: Embedding.from_pretrained(cfg.model_name_or_path, use_mrl=cfg.use_mrl, mrl_dims=cfg.mrl_dims, head_dim=teacher_dim)
     model = load_model()
     model.train()
+    if cfg.eval_dims and max(cfg.eval_dims) > model.dim:
+        raise ConfigError(f"eval_dims: {max(cfg.eval_dims)} exceeds the model's width {model.dim}")
     for m in model.modules():  # the HF pooler is never used by sentence-transformers: freeze it so DDP needs no unused-parameter search
         if type(m).__name__.endswith("Pooler"): m.requires_grad_(False)
     loss_fn = make_loss(cfg, dataset.format, model.mrl_dims)
@@ -280,6 +305,23 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     if acc.log_with: acc.init_trackers("tensorboard" if cfg.log_with == "tensorboard" else "embed_nb")
     bar = tqdm(total=total, disable=not main, desc="training")
     step, sums, micro, start = 0, {}, 0, time.time()
+
+    def evaluate_now(epoch: float):
+        "Evaluate the model as it is now on eval_dataset; log it like a loss record (main process)."
+        whole = _gather_model(acc, model, fsdp, load_model)  # every process takes part; the main one evaluates
+        if main:
+            t = time.time()
+            results = _run_eval(whole, eval_data, cfg, mrl_dims)
+            record = {"step": step, "epoch": round(epoch, 4), "eval": {str(d): m for d, m in results.items()},
+                      "eval_s": round(time.time() - t, 2)}
+            with open(out / "log.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
+            for cb in callbacks: cb(record)
+            top = max(results)
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[top].items()) + f" at {top} dims")
+            if acc.log_with: acc.log({f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()}, step=step)
+        _barrier(acc)
+    evaluated = set()
+    if eval_data: evaluate_now(0.0); evaluated.add(0)
     for epoch in range(cfg.epochs):
         dataset.set_epoch(epoch)
         if hasattr(loader, "set_epoch"): loader.set_epoch(epoch)
@@ -307,7 +349,11 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
                     with open(out / "log.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
                     for cb in callbacks: cb(record)
                 if acc.log_with: acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
+            if eval_data and cfg.eval_steps and (step % cfg.eval_steps == 0 or step == total):
+                evaluate_now(epoch + (i + 1) / len(loader)); evaluated.add(step)
             if step >= total: break
+        if eval_data and not cfg.eval_steps and step not in evaluated:
+            evaluate_now(epoch + 1.0); evaluated.add(step)
         if cfg.save_on_epoch_end:
             trained = _gather_model(acc, model, fsdp, load_model)
             if main: _save_checkpoint(trained, out, epoch + 1, cfg.num_max_checkpoints)
@@ -327,7 +373,7 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     if world == 1: AcceleratorState._reset_state(reset_partial_state=True)  # leave the kernel free to launch processes
     return out / "model"
 
-# %% ../nbs/04_train.ipynb #90cca47e
+# %% ../nbs/04_train.ipynb #abe973ee
 def _launched_train(cfg: dict, strategy: str, zero_stage: int):
     train(cfg, strategy=strategy, zero_stage=zero_stage)
 
@@ -346,6 +392,7 @@ def launch(config=None, # a TrainConfig, a dict or a yaml path
     if mixed_precision: overrides["mixed_precision"] = mixed_precision
     cfg = load_config(config, **overrides)
     EmbeddingDataset(cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim)  # report data errors here
+    _eval_data(cfg)
     if num_processes == 1: return train(cfg)
     launch_processes(_launched_train, (dataclasses.asdict(cfg), strategy, zero_stage), num_processes)
     return Path(cfg.output_dir) / "model"
