@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch is installed before the package so that no unpinned requirement pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install check-clean check-sync check-readme nbtest pytest readme clean
+.PHONY: demo test install browser check-clean check-sync check-readme nbtest pytest readme clean
 
 install: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): setup.py settings.ini
 demo: $(STAMP)
 	$(BIN)/embed-nb demo --output-dir runs/demo
 
-test: $(STAMP) check-clean check-sync check-readme nbtest pytest
+test: $(STAMP) browser check-clean check-sync check-readme nbtest pytest
+
+# The browser test drives Debian's Chromium with Playwright (no browser download): install it when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { echo "Installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
 
 # The notebooks are the source: they must be clean, and exporting them must not change the library.
 check-clean: $(STAMP)

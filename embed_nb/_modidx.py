@@ -109,6 +109,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                   'embed_nb.widgets.LossWidget.__init__': ('widgets.html#losswidget.__init__', 'embed_nb/widgets.py'),
                                   'embed_nb.widgets.LossWidget._update_metrics': ( 'widgets.html#losswidget._update_metrics',
                                                                                    'embed_nb/widgets.py'),
+                                  'embed_nb.widgets.LossWidget.callback': ('widgets.html#losswidget.callback', 'embed_nb/widgets.py'),
                                   'embed_nb.widgets.LossWidget.draw': ('widgets.html#losswidget.draw', 'embed_nb/widgets.py'),
                                   'embed_nb.widgets.LossWidget.follow': ('widgets.html#losswidget.follow', 'embed_nb/widgets.py'),
                                   'embed_nb.widgets.LossWidget.refresh': ('widgets.html#losswidget.refresh', 'embed_nb/widgets.py'),

@@ -130,7 +130,7 @@ def plot_similarity(model, queries: list[str], docs: list[str], positives: dict[
     fig.colorbar(im, ax=ax, fraction=0.03); fig.tight_layout()
     return fig, ax
 
-# %% ../nbs/06_widgets.ipynb #7ecbbeba
+# %% ../nbs/06_widgets.ipynb #7d9f50e5
 import threading
 import ipywidgets as W
 from IPython.display import display
@@ -141,6 +141,7 @@ class _PlotWidget:
         self.controls, self.out, self.fig = controls, W.Output(), None
         for c in controls: c.observe(lambda _: self.refresh(), names="value")
         self.widget = W.VBox([W.HBox(controls), self.out])
+        self.widget.add_class(f"embed-nb-{type(self).__name__.lower()}")  # a handle for styling and browser tests
         self.refresh()
     def draw(self): raise NotImplementedError
     def refresh(self):
@@ -181,6 +182,9 @@ class LossWidget(_PlotWidget):
         plot_loss(self.runs, smoothing=self.smoothing.value, components=self.components.value, ax=axes[0][0])
         if with_eval: plot_eval(self.runs, self.metric.value, ax=axes[0][1])
         return fig
+    def callback(self, record: dict):
+        "Pass as `train(..., callbacks=[widget.callback])` to redraw at each logged step of training in this kernel."
+        self.refresh()
     def follow(self, interval: float = 2.0, idle_stop: float = 60.0) -> threading.Thread:
         "Redraw every `interval` seconds while a log grows; stop after `idle_stop` seconds without growth."
         runs = _run_list(self.runs)

@@ -1,0 +1,124 @@
+"""The widgets tutorial in a real JupyterLab, in headless Chromium (Debian's), driven by Playwright: every cell runs
+without an error, the three widgets render, a control changes a figure, and each widget is photographed.
+
+Screenshots go to `test-output/browser/` (or $EMBED_NB_TEST_OUTPUT/browser)."""
+import json, os, shutil, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+from conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TUTORIAL = ROOT / "nbs" / "tutorials" / "widgets.ipynb"
+OUT = Path(os.environ.get("EMBED_NB_TEST_OUTPUT", ROOT / "test-output")) / "browser"
+# Chromium's own background traffic is refused on a closed network: switch it off.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+@pytest.fixture
+def lab(tmp_path):
+    "JupyterLab on loopback serving a copy of the tutorial; yields (url, folder)."
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `make test` installs Debian's chromium (apt-get install chromium)")
+    shutil.copy(TUTORIAL, tmp_path / "widgets.ipynb")
+    settings = tmp_path / ".jupyter" / "lab" / "user-settings" / "@jupyterlab"
+    for ext, name, value in [("notebook-extension", "tracker", {"windowingMode": "none"}),  # every cell in the DOM
+                             ("apputils-extension", "notification", {"fetchNews": "false"})]:
+        (settings / ext).mkdir(parents=True, exist_ok=True)
+        (settings / ext / f"{name}.jupyterlab-settings").write_text(json.dumps(value))
+    port, token = free_port(), "embed-nb-test"
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime"),
+           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    log = open(tmp_path / "jupyterlab.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+                             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
+                             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2); break
+            except OSError: time.sleep(0.5)
+        else: pytest.fail("JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text()[-3000:])
+        yield f"{url}/lab/tree/widgets.ipynb?reset&token={token}", tmp_path
+    finally:
+        proc.terminate()
+        try: proc.wait(20)
+        except subprocess.TimeoutExpired: proc.kill()
+        log.close()
+
+def image_of(page, widget_class: str) -> str:
+    "The PNG (data URL) the widget shows now."
+    return page.locator(f".{widget_class} img").first.get_attribute("src")
+
+ERRORS_JS = """() => Array.from(document.querySelectorAll(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"))
+    .map(e => e.innerText).filter(t => t.startsWith('-----') || t.includes('Traceback (most recent call last)'))"""
+
+def test_widgets_tutorial_in_jupyterlab(lab):
+    from playwright.sync_api import sync_playwright
+    url, folder = lab
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        try:
+            page.goto(url)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=120_000)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)  # the kernel is connected
+            n_code = page.locator(".jp-NotebookPanel .jp-CodeCell").count()
+            assert n_code == sum(c["cell_type"] == "code" for c in json.loads(TUTORIAL.read_text())["cells"])
+            # Run all cells from JupyterLab's own menu.
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            deadline = time.time() + 900
+            counted = lambda prompts: [t for t in prompts if t.strip()[1:-2].strip().isdigit()]  # "[12]:"
+            while time.time() < deadline:  # done when every code cell has an execution count, or a cell failed
+                prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+                if page.evaluate(ERRORS_JS) or len(counted(prompts)) == n_code: break
+                time.sleep(1)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+            page.screenshot(path=str(OUT / "notebook.png"), full_page=True)
+            errors = page.evaluate(ERRORS_JS)
+            assert not errors, "a cell raised:\n" + "\n".join(errors)[-4000:]
+            prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+            assert not [t for t in prompts if "*" in t], f"cells still running after 15 minutes: {prompts}"
+            assert len(counted(prompts)) == n_code, prompts
+
+            # The three widgets rendered, with their figures.
+            for cls in ("embed-nb-losswidget", "embed-nb-similaritywidget", "embed-nb-mrlwidget"):
+                w = page.locator(f".{cls}")
+                assert w.count() == 1, f"{cls} not rendered"
+                assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
+
+            # A control changes the figure: the similarity widget's dimension, then the MRL widget's metric.
+            before = image_of(page, "embed-nb-similaritywidget")
+            page.locator(".embed-nb-similaritywidget select").nth(1).select_option(label="384")
+            page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
+                                   arg=["embed-nb-similaritywidget", before], timeout=60_000)
+            assert image_of(page, "embed-nb-similaritywidget") != before
+            before = image_of(page, "embed-nb-mrlwidget")
+            page.locator(".embed-nb-mrlwidget select").first.select_option(label="mrr@10")
+            page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
+                                   arg=["embed-nb-mrlwidget", before], timeout=60_000)
+
+            for cls, name in [("embed-nb-losswidget", "loss"), ("embed-nb-similaritywidget", "similarity"), ("embed-nb-mrlwidget", "mrl")]:
+                w = page.locator(f".{cls}")
+                w.scroll_into_view_if_needed()
+                w.screenshot(path=str(OUT / f"{name}_widget.png"))
+                assert (OUT / f"{name}_widget.png").stat().st_size > 5000
+            # Saved from the browser, the notebook holds every output: none is an error.
+            page.keyboard.press("Control+s")
+            page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=30_000)
+            saved = json.loads((folder / "widgets.ipynb").read_text())
+            outputs = [o for c in saved["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+            assert not [o for o in outputs if o["output_type"] == "error"], [o for o in outputs if o["output_type"] == "error"]
+            assert all(c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code")
+        finally:
+            browser.close()
+    # The notebook's own checks ran in the kernel; the run it made is real.
+    log = [json.loads(l) for l in (folder / "runs" / "tutorial" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval" in r] == [0, 6, 12]
