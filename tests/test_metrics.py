@@ -40,3 +40,28 @@ def test_chunked_search_equals_full_search_on_a_large_corpus():
     qn, dn = q[:, :32] / np.linalg.norm(q[:, :32], axis=1, keepdims=True), d[:, :32] / np.linalg.norm(d[:, :32], axis=1, keepdims=True)
     full = qn @ dn.T
     assert (i == np.argsort(-full, axis=1)[:, :10]).all()
+
+SEARCH_100K = """
+import resource, sys, numpy as np
+from embed_nb.evaluate import search
+rng = np.random.default_rng(0)
+docs = rng.standard_normal((100_000, 384), dtype=np.float32)   # a 100k-document corpus at full width: 154 MB
+queries = rng.standard_normal((5_000, 384), dtype=np.float32)  # all scores at once would be 5000 x 100k x 4 B = 2 GB
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for dim in (384, 64):
+    scores, idx = search(queries, docs, k=100, dim=dim)
+    assert idx.shape == (5_000, 100)
+    j = 17  # spot-check one query against the exact ranking
+    d, q = docs[:, :dim] / np.linalg.norm(docs[:, :dim], axis=1, keepdims=True), queries[j, :dim] / np.linalg.norm(queries[j, :dim])
+    assert (idx[j] == np.argsort(-(d @ q))[:100]).all()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, base * 1024)
+"""
+
+def test_search_100k_documents_in_bounded_memory():
+    "Exact top-100 over 100k documents for 5k queries at two MRL dimensions, in a fresh process: peak RSS under 2 GB."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-c", SEARCH_100K], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    peak, before_search = map(int, r.stdout.split())
+    assert peak < 2 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+    print(f"peak RSS {peak / 2**20:.0f} MiB (of which {before_search / 2**20:.0f} MiB before searching)")
