@@ -24,7 +24,7 @@ def read_log(run_dir) -> pd.DataFrame:
     rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
     return pd.DataFrame(rows)
 
-# %% ../nbs/06_widgets.ipynb #0115d38d
+# %% ../nbs/06_widgets.ipynb #a80aa721
 def plot_loss(runs, # a run folder, or a list of them, or {label: folder}
               smoothing: float = 0.0, # exponential moving average weight in [0, 1)
               components: bool = True, # also draw loss components
@@ -43,7 +43,8 @@ def plot_loss(runs, # a run folder, or a list of them, or {label: folder}
             y = df[c].ewm(alpha=1 - smoothing).mean() if smoothing else df[c]
             ax.plot(df["step"], y, label=f"{label} {c}" if len(runs) > 1 else c, lw=2 if c == "loss" else 1)
         if ax2 is not None and "lr" in df: ax2.plot(df["step"], df["lr"], ls=":", color="gray", label=f"{label} lr")
-    ax.set_xlabel("optimizer step"); ax.set_ylabel("loss"); ax.legend(fontsize=7, loc="upper right")
+    ax.set_xlabel("optimizer step"); ax.set_ylabel("loss")
+    if ax.get_lines(): ax.legend(fontsize=7, loc="upper right")
     if ax2 is not None: ax2.set_ylabel("learning rate", color="gray")
     fig.tight_layout()
     return fig, ax
@@ -130,7 +131,7 @@ def plot_similarity(model, queries: list[str], docs: list[str], positives: dict[
     fig.colorbar(im, ax=ax, fraction=0.03); fig.tight_layout()
     return fig, ax
 
-# %% ../nbs/06_widgets.ipynb #7d9f50e5
+# %% ../nbs/06_widgets.ipynb #4beaf6c0
 import threading
 import ipywidgets as W
 from IPython.display import display
@@ -138,7 +139,7 @@ from IPython.display import display
 class _PlotWidget:
     "A figure redrawn into an Output when a control changes."
     def __init__(self, controls: list):
-        self.controls, self.out, self.fig = controls, W.Output(), None
+        self.controls, self.out, self.fig, self.draws = controls, W.Output(), None, 0
         for c in controls: c.observe(lambda _: self.refresh(), names="value")
         self.widget = W.VBox([W.HBox(controls), self.out])
         self.widget.add_class(f"embed-nb-{type(self).__name__.lower()}")  # a handle for styling and browser tests
@@ -146,7 +147,7 @@ class _PlotWidget:
     def draw(self): raise NotImplementedError
     def refresh(self):
         if self.fig is not None: plt.close(self.fig)
-        self.fig = self.draw()
+        self.fig = self.draw(); self.draws += 1
         with self.out:
             self.out.clear_output(wait=True); display(self.fig)
     def save(self, path, dpi: int = 100): self.fig.savefig(path, dpi=dpi); return path
