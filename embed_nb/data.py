@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['FORMAT_KEYS', 'EmbedNbError', 'DataError', 'detect_format', 'check_record', 'read_examples', 'sample_negatives',
-           'load_teacher_vectors', 'EmbeddingDataset', 'Collator']
+           'load_teacher_vectors', 'EmbeddingDataset', 'Collator', 'TokenCache', 'CachedCollator', 'BatchSampler',
+           'padding_fraction']
 
 # %% ../nbs/00_data.ipynb #a1d68d7e
 class EmbedNbError(Exception):
@@ -169,3 +170,131 @@ class Collator:
             for i, it in enumerate(items): batch["scores"][i, :len(it["scores"])] = torch.tensor(it["scores"])
         if "teacher" in items[0]: batch["teacher"] = torch.from_numpy(np.stack([it["teacher"] for it in items]))
         return batch
+
+# %% ../nbs/00_data.ipynb #698dbaa0
+class TokenCache:
+    "Token ids of each distinct text, tokenised once (truncated, unpadded), padded into batches on demand."
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer, self.max_len, self.ids = tokenizer, max_len, {}
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.names = list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
+
+    def add(self, texts, chunk: int = 4096):
+        "Tokenise the texts not seen yet, in large batches."
+        new = list(dict.fromkeys(t for t in texts if t not in self.ids))
+        for s in range(0, len(new), chunk):
+            part = new[s:s + chunk]
+            enc = self.tokenizer(part, truncation=True, max_length=self.max_len, padding=False)["input_ids"]
+            self.ids.update((t, np.asarray(e, dtype=np.int32)) for t, e in zip(part, enc))
+
+    def lengths(self, texts) -> np.ndarray:
+        "Token count of each text (special tokens included, after truncation)."
+        self.add(texts)
+        return np.array([len(self.ids[t]) for t in texts])
+
+    def batch(self, texts, pad_to: int | None = None) -> dict:
+        "Tensors for `texts`, padded to the longest (or to `pad_to`) on the tokenizer's padding side."
+        self.add(texts)
+        seqs = [self.ids[t] for t in texts]
+        width = pad_to or max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        for i, s in enumerate(seqs):
+            span = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[i, span] = torch.from_numpy(s.astype(np.int64)); mask[i, span] = 1
+        out = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.names: out["token_type_ids"] = torch.zeros_like(ids)
+        return out
+
+# %% ../nbs/00_data.ipynb #caa4353e
+class CachedCollator(Collator):
+    "A `Collator` that tokenises each distinct text once and can pad to the maximum length (the spec's behaviour)."
+    def __init__(self, tokenizer, query_max_len: int = 128, passage_max_len: int = 512, pad_to_max_length: bool = False):
+        super().__init__(tokenizer, query_max_len, passage_max_len)
+        self.pad_to_max_length = pad_to_max_length
+        self.caches = {query_max_len: TokenCache(tokenizer, query_max_len)}
+        self.caches.setdefault(passage_max_len, TokenCache(tokenizer, passage_max_len))
+
+    def tokenize(self, texts, max_len):
+        return self.caches[max_len].batch(list(texts), max_len if self.pad_to_max_length else None)
+
+# %% ../nbs/00_data.ipynb #56fe70d8
+class BatchSampler:
+    "Global batches of row indices, optionally grouped by length and free of duplicate texts; this process's slice of each."
+    def __init__(self, lengths, # a length per row (any number: tokens, characters); None: no grouping
+                 batch_size: int, # rows per process
+                 shuffle: bool = True, seed: int = 0,
+                 group_by_length: bool = True, # sort within mega-batches (needs `lengths`)
+                 mega_batch: int = 32, # batches per mega-batch
+                 keys=None, # texts of each row that must not repeat within a batch (no_duplicates), e.g. [query, positive]
+                 world_size: int = 1, rank: int = 0, drop_last: bool = False):
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.n = len(keys) if lengths is None and keys is not None else len(self.lengths)
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.group = group_by_length and self.lengths is not None
+        self.mega_batch, self.keys, self.world_size, self.rank, self.drop_last = mega_batch, keys, world_size, rank, drop_last
+        self.global_size = batch_size * world_size
+
+    def set_epoch(self, epoch: int): self.epoch = epoch
+
+    def _pack(self, order: list) -> tuple[list, list]:
+        "Cut `order` into full batches (no repeated key within a batch); return them and the rows left over."
+        if self.keys is None:
+            full = len(order) // self.global_size * self.global_size
+            return [order[s:s + self.global_size] for s in range(0, full, self.global_size)], order[full:]
+        batches, open_, seen = [], [], []  # batches being filled, each with the set of its keys
+        for i in order:
+            j = next((j for j, s in enumerate(seen) if not any(k in s for k in self.keys[i])), None)
+            if j is None: open_.append([]); seen.append(set()); j = len(open_) - 1
+            open_[j].append(i); seen[j].update(self.keys[i])
+            if len(open_[j]) == self.global_size: batches.append(open_.pop(j)); seen.pop(j)
+        return batches, [i for b in open_ for i in b]
+
+    def global_batches(self) -> list[list[int]]:
+        "Every global batch of this epoch."
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+        if self.group:
+            size = self.global_size * self.mega_batch
+            megas = [sorted(order[s:s + size], key=lambda i: -self.lengths[i]) for s in range(0, self.n, size)]
+        else: megas = [order]
+        batches, rest = [], []
+        for m in megas:
+            full, left = self._pack(rest + m)
+            batches += full; rest = left
+        while rest:  # what duplicates kept out: smaller batches at the end
+            full, left = self._pack(rest)
+            if full: batches += full; rest = left; continue
+            if self.keys is None: batches.append(rest); break
+            first = self._pack_partial(rest); batches.append(first); rest = [i for i in rest if i not in set(first)]
+        if self.drop_last or self.world_size > 1:  # every process needs at least one row
+            batches = [b for b in batches if len(b) == self.global_size or (not self.drop_last and len(b) >= self.world_size)]
+        if self.shuffle and len(batches) > 1:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[p] for p in perm]
+            if self.group:  # the longest batch first: an out-of-memory error shows at once
+                longest = max(range(len(batches)), key=lambda j: max(self.lengths[i] for i in batches[j]))
+                batches.insert(0, batches.pop(longest))
+        return batches
+
+    def _pack_partial(self, rows: list) -> list:
+        "One batch, as full as duplicates allow, from `rows`."
+        batch, seen = [], set()
+        for i in rows:
+            if len(batch) < self.global_size and not any(k in seen for k in self.keys[i]): batch.append(i); seen.update(self.keys[i])
+        return batch
+
+    def __iter__(self):
+        for b in self.global_batches():
+            yield [x.tolist() for x in np.array_split(np.array(b), self.world_size)][self.rank] if self.world_size > 1 else b
+
+    def __len__(self): return len(self.global_batches())
+
+# %% ../nbs/00_data.ipynb #5a611830
+def padding_fraction(batches, lengths) -> float:
+    "Share of padding among the tokens of `batches` when each is padded to its longest row."
+    lengths = np.asarray(lengths)
+    real = sum(lengths[b].sum() for b in batches)
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    return 1 - real / padded

@@ -43,7 +43,7 @@ def make_tiny_model(path, texts: list[str] = (), hidden: int = 32, layers: int =
     st.save(str(path / "model"))
     return str(path / "model")
 
-# %% ../nbs/02_model.ipynb #6c72fc3f
+# %% ../nbs/02_model.ipynb #2f3933b1
 META_FILE = "embed_nb.json"
 
 def _dense_head(width_in: int, width_out: int) -> models.Dense:
@@ -91,10 +91,8 @@ class Embedding(nn.Module):
         return self.model(dict(features))["sentence_embedding"]
 
     def forward(self, batch: dict) -> dict:
-        "Embed a batch's queries and, where it has them, documents."
-        out = {"query": self.embed(batch["query"])}
-        if "docs" in batch: out["docs"] = self.embed(batch["docs"])
-        return out
+        "Embed a batch's queries and, where it has them, documents (either side alone too, as GradCache needs)."
+        return {side: self.embed(batch[side]) for side in ("query", "docs") if side in batch}
 
 # %% ../nbs/02_model.ipynb #be484762
 @torch.no_grad()
