@@ -1,5 +1,6 @@
 """The widgets tutorial in a real JupyterLab, in headless Chromium (Debian's), driven by Playwright: every cell runs
-without an error, the three widgets render, a control changes a figure, and each widget is photographed.
+without an error, the loss plot redraws while training runs, the three widgets render, a control changes a figure,
+and each widget is photographed.
 
 Screenshots go to `test-output/browser/` (or $EMBED_NB_TEST_OUTPUT/browser)."""
 import json, os, shutil, socket, subprocess, sys, time, urllib.request
@@ -76,10 +77,13 @@ def test_widgets_tutorial_in_jupyterlab(lab):
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
             deadline = time.time() + 900
             counted = lambda prompts: [t for t in prompts if t.strip()[1:-2].strip().isdigit()]  # "[12]:"
+            live = set()  # the loss figures seen while the notebook runs: it redraws as training logs
             while time.time() < deadline:  # done when every code cell has an execution count, or a cell failed
+                src = page.evaluate("() => document.querySelector('.embed-nb-losswidget img')?.src || null")
+                if src: live.add(src)
                 prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").all_inner_texts()
                 if page.evaluate(ERRORS_JS) or len(counted(prompts)) == n_code: break
-                time.sleep(1)
+                time.sleep(0.5)
             page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
             page.screenshot(path=str(OUT / "notebook.png"), full_page=True)
             errors = page.evaluate(ERRORS_JS)
@@ -88,6 +92,7 @@ def test_widgets_tutorial_in_jupyterlab(lab):
             assert not [t for t in prompts if "*" in t], f"cells still running after 15 minutes: {prompts}"
             assert len(counted(prompts)) == n_code, prompts
 
+            assert len(live) >= 3, f"the loss widget was drawn {len(live)} times while training ran"
             # The three widgets rendered, with their figures.
             for cls in ("embed-nb-losswidget", "embed-nb-similaritywidget", "embed-nb-mrlwidget"):
                 w = page.locator(f".{cls}")
