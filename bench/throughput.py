@@ -1,0 +1,188 @@
+"""Training throughput: embed_nb against sentence-transformers' SentenceTransformerTrainer, side by side.
+
+Every contender trains the embedded all-MiniLM-L6-v2 (max_seq_length 256) on the same InsuranceQA train pairs, with the
+same batch size, steps, seed, learning rate, schedule, temperature (MultipleNegativesRankingLoss scale = 1/temperature)
+and, with --mrl, Matryoshka dimensions. Each run is a fresh process (so its peak memory is its own); the contenders
+alternate within each round, in a rotated order, for --rounds rounds. samples/s counts the steps after --warmup.
+
+    .venv/bin/python bench/throughput.py --rounds 3 --steps 20 --batch-size 32          # CPU
+    .venv/bin/python bench/throughput.py --device cuda --bf16 --steps 100 --batch-size 128  # GPU (bench/gpu.sh)
+
+Contenders: embed_nb (defaults: length-grouped batches, tokenised once), sentence_transformers (its trainer, default
+batch sampler), embed_nb_nogroup (dynamic padding, random batches), embed_nb_maxpad (padding to max length, the spec's
+original behaviour), embed_nb_cached (GradCache, --mini-batch-size). Prints a markdown table, writes bench/results/.
+"""
+from __future__ import annotations
+import argparse, json, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (ROOT, environment, markdown_table, median, peak_rss_mib, read_pairs, run_worker, save, train_pairs,
+                    write_jsonl, ensure_requirements)
+
+CONTENDERS = ["embed_nb", "sentence_transformers", "embed_nb_nogroup", "embed_nb_maxpad"]
+EMBED_NB_OPTIONS = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False),
+                    "embed_nb_maxpad": dict(group_by_length=False, pad_to_max_length=True),
+                    "embed_nb_cached": dict(cached=True), "embed_nb_nodup": dict(no_duplicates=True)}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
+    p.add_argument("--warmup", type=int, default=4, help="untimed steps first (steps must be a multiple of it)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="train pairs to draw batches from (default: batch size x (warmup + steps): about one epoch is timed, "
+                        "so every contender meets the same mix of lengths)")
+    p.add_argument("--max-seq-length", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mrl", default="", help="Matryoshka dims, e.g. 64,128,256,384 (empty: plain InfoNCE / MNRL)")
+    p.add_argument("--mini-batch-size", type=int, default=32, help="for embed_nb_cached")
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument("--model", default=None, help="model folder (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--pairs", default=None, help="a jsonl of {query, pos} pairs to use instead of InsuranceQA (offline machines)")
+    p.add_argument("--name", default=None, help="results file name (default: throughput_<device>)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _timer(times: dict, marks: set):
+    import torch
+    def mark(step):
+        if step in marks:
+            if torch.cuda.is_available(): torch.cuda.synchronize()
+            times[step] = time.perf_counter()
+    return mark
+
+
+def worker_embed_nb(a, name: str) -> dict:
+    import torch
+    from embed_nb.train import train
+    total, times = a.warmup + a.steps, {}
+    mark = _timer(times, {a.warmup, total})
+    dims = [int(d) for d in a.mrl.split(",") if d.strip()]
+    out = tempfile.mkdtemp(prefix="bench_")
+    cfg = dict(model_name_or_path=a.model, train_dataset=a.data, output_dir=out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=a.warmup,
+               lr=a.lr, temperature=a.temperature, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
+               query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,
+               mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None,
+               mini_batch_size=a.mini_batch_size, **EMBED_NB_OPTIONS[name])
+    if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+    train(cfg, callbacks=[lambda r: mark(r["step"]) if "loss" in r else None])
+    return times
+
+
+def worker_sentence_transformers(a) -> dict:
+    import datasets, torch
+    from transformers import TrainerCallback
+    from sentence_transformers import SentenceTransformer
+    try:
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, MatryoshkaLoss
+        from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+        from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.losses import MultipleNegativesRankingLoss, MatryoshkaLoss
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from embed_nb.model import default_model_path
+    total, times = a.warmup + a.steps, {}
+    mark = _timer(times, {a.warmup, total})
+    rows = [json.loads(l) for l in open(a.data)]
+    data = datasets.Dataset.from_dict({"anchor": [r["query"] for r in rows], "positive": [r["pos"][0] for r in rows]})
+    model = SentenceTransformer(a.model or default_model_path(), device=a.device)
+    model.max_seq_length = a.max_seq_length
+    loss = MultipleNegativesRankingLoss(model, scale=1 / a.temperature)
+    dims = [int(d) for d in a.mrl.split(",") if d.strip()]
+    if dims: loss = MatryoshkaLoss(model, loss, matryoshka_dims=sorted(dims, reverse=True))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench_st_"), per_device_train_batch_size=a.batch_size, max_steps=total,
+        learning_rate=a.lr, warmup_steps=int(0.1 * total), lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0,
+        seed=a.seed, data_seed=a.seed, logging_steps=a.warmup, save_strategy="no", report_to="none", bf16=a.bf16,
+        use_cpu=a.device == "cpu", disable_tqdm=True, dataloader_num_workers=0)
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw): mark(state.global_step)
+    if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()]).train()
+    return times
+
+
+def worker(a) -> dict:
+    import torch
+    start = time.perf_counter()
+    times = worker_sentence_transformers(a) if a.worker == "sentence_transformers" else worker_embed_nb(a, a.worker)
+    dt = times[a.warmup + a.steps] - times[a.warmup]
+    out = {"contender": a.worker, "samples_per_s": a.steps * a.batch_size / dt, "timed_s": dt, "wall_s": time.perf_counter() - start,
+           "peak_rss_mib": peak_rss_mib()}
+    if torch.cuda.is_available(): out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def padding_shares(pairs, batch_size: int, max_len: int, model: str | None = None) -> dict:
+    "Share of padding tokens among the answers' tokens, random batches against length-grouped ones (embed_nb's sampler)."
+    from transformers import AutoTokenizer
+    from embed_nb.data import BatchSampler, TokenCache, padding_fraction
+    from embed_nb.model import default_model_path
+    cache = TokenCache(AutoTokenizer.from_pretrained(model or default_model_path()), max_len)
+    q, d = cache.lengths([p[0] for p in pairs]), cache.lengths([p[1] for p in pairs])
+    grouped = list(BatchSampler(q + d, batch_size))
+    rand = list(BatchSampler(q + d, batch_size, group_by_length=False))
+    return {"answers_random": padding_fraction(rand, d), "answers_grouped": padding_fraction(grouped, d),
+            "answers_max_length": 1 - d.mean() / max_len, "questions_random": padding_fraction(rand, q),
+            "mean_answer_tokens": float(d.mean()), "mean_question_tokens": float(q.mean())}
+
+
+def main(argv=None):
+    a = parse(argv)
+    if a.worker:
+        print(json.dumps(worker(a))); return
+    if a.steps % a.warmup: raise SystemExit("--steps must be a multiple of --warmup")
+    contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    ensure_requirements((["datasets"] if "sentence_transformers" in contenders else []) + ([] if a.pairs else ["insuranceqa_data"]))
+    n = a.max_examples or a.batch_size * (a.warmup + a.steps)
+    pairs = read_pairs(a.pairs, n) if a.pairs else train_pairs(n, a.seed)
+    data = write_jsonl(pairs, Path(tempfile.mkdtemp(prefix="iqa_")) / "train_pairs.jsonl")
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
+                   if k in ("steps", "warmup", "batch_size", "max_seq_length", "temperature", "lr", "seed", "mrl", "mini_batch_size", "device")]
+    passthrough += [f"--model={a.model}"] if a.model else []
+    passthrough += ["--bf16"] if a.bf16 else []
+    runs = {c: [] for c in contenders}
+    for r in range(a.rounds):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        for c in order:
+            res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", *passthrough])
+            runs[c].append(res)
+            print(f"round {r + 1}/{a.rounds} {c:22} {res['samples_per_s']:8.2f} samples/s  peak RSS {res['peak_rss_mib']:7.0f} MiB"
+                  + (f"  peak GPU {res['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res else ""), file=sys.stderr, flush=True)
+    summary = {c: {"median_samples_per_s": median([x["samples_per_s"] for x in v]),
+                   "median_peak_rss_mib": median([x["peak_rss_mib"] for x in v]),
+                   **({"median_peak_gpu_mib": median([x["peak_gpu_mib"] for x in v])} if v and "peak_gpu_mib" in v[0] else {})}
+               for c, v in runs.items()}
+    ref = summary.get("sentence_transformers", {}).get("median_samples_per_s")
+    maxpad = summary.get("embed_nb_maxpad", {}).get("median_samples_per_s")
+    for c, s in summary.items():
+        s["ratio_vs_sentence_transformers"] = s["median_samples_per_s"] / ref if ref else None
+        s["ratio_vs_maxpad"] = s["median_samples_per_s"] / maxpad if maxpad else None
+    result = {"benchmark": "throughput", "argv": sys.argv[1:], "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "data")},
+              "environment": environment(a.device), "padding": padding_shares(pairs, a.batch_size, a.max_seq_length, a.model),
+              "summary": summary, "runs": runs}
+    gpu = "median_peak_gpu_mib" in next(iter(summary.values()))
+    header = ["contender", "samples/s (median)", "per round", "× sentence-transformers", "× max-length padding", "peak RSS MiB"] + (["peak GPU MiB"] if gpu else [])
+    rows = [[c, s["median_samples_per_s"], " ".join(f"{x['samples_per_s']:.2f}" for x in runs[c]),
+             s["ratio_vs_sentence_transformers"] or "-", s["ratio_vs_maxpad"] or "-", s["median_peak_rss_mib"]]
+            + ([s["median_peak_gpu_mib"]] if gpu else []) for c, s in summary.items()]
+    print(f"\n{result['environment']['device']}, batch {a.batch_size}, {a.steps} timed steps, {a.rounds} rounds, "
+          f"max_seq_length {a.max_seq_length}{', bf16' if a.bf16 else ''}{', MRL ' + a.mrl if a.mrl else ''}\n")
+    print(markdown_table(header, rows))
+    pad = result["padding"]
+    print(f"\npadding share of answer tokens: random batches {pad['answers_random']:.1%}, length-grouped {pad['answers_grouped']:.1%}, "
+          f"max length {pad['answers_max_length']:.1%} (mean answer {pad['mean_answer_tokens']:.0f} tokens, question {pad['mean_question_tokens']:.0f})")
+    print("wrote", save(a.name or f"throughput_{a.device}", result))
+
+
+if __name__ == "__main__":
+    main()
