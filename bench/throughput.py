@@ -22,7 +22,8 @@ from common import (ROOT, environment, markdown_table, median, peak_rss_mib, rea
 CONTENDERS = ["embed_nb", "sentence_transformers", "embed_nb_nogroup", "embed_nb_maxpad"]
 EMBED_NB_OPTIONS = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False),
                     "embed_nb_maxpad": dict(group_by_length=False, pad_to_max_length=True),
-                    "embed_nb_cached": dict(cached=True), "embed_nb_nodup": dict(no_duplicates=True)}
+                    "embed_nb_cached": dict(cached=True), "embed_nb_nodup": dict(no_duplicates=True),
+                    "embed_nb_mult16": dict(pad_to_multiple_of=16), "embed_nb_mult64": dict(pad_to_multiple_of=64)}
 
 
 def parse(argv=None):

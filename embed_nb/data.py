@@ -171,7 +171,7 @@ class Collator:
         if "teacher" in items[0]: batch["teacher"] = torch.from_numpy(np.stack([it["teacher"] for it in items]))
         return batch
 
-# %% ../nbs/00_data.ipynb #698dbaa0
+# %% ../nbs/00_data.ipynb #2ca68149
 class TokenCache:
     "Token ids of each distinct text, tokenised once (truncated, unpadded), padded into batches on demand."
     def __init__(self, tokenizer, max_len: int):
@@ -192,11 +192,12 @@ class TokenCache:
         self.add(texts)
         return np.array([len(self.ids[t]) for t in texts])
 
-    def batch(self, texts, pad_to: int | None = None) -> dict:
-        "Tensors for `texts`, padded to the longest (or to `pad_to`) on the tokenizer's padding side."
+    def batch(self, texts, pad_to: int | None = None, multiple: int = 1) -> dict:
+        "Tensors for `texts`, padded to the longest rounded up to a `multiple` (or to `pad_to`) on the tokenizer's padding side."
         self.add(texts)
         seqs = [self.ids[t] for t in texts]
-        width = pad_to or max(len(s) for s in seqs)
+        longest = max(len(s) for s in seqs)
+        width = pad_to or min(-(-longest // multiple) * multiple, max(self.max_len, longest))
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
@@ -207,17 +208,18 @@ class TokenCache:
         if "token_type_ids" in self.names: out["token_type_ids"] = torch.zeros_like(ids)
         return out
 
-# %% ../nbs/00_data.ipynb #caa4353e
+# %% ../nbs/00_data.ipynb #a2f491d4
 class CachedCollator(Collator):
     "A `Collator` that tokenises each distinct text once and can pad to the maximum length (the spec's behaviour)."
-    def __init__(self, tokenizer, query_max_len: int = 128, passage_max_len: int = 512, pad_to_max_length: bool = False):
+    def __init__(self, tokenizer, query_max_len: int = 128, passage_max_len: int = 512, pad_to_max_length: bool = False,
+                 pad_to_multiple_of: int = 1):
         super().__init__(tokenizer, query_max_len, passage_max_len)
-        self.pad_to_max_length = pad_to_max_length
+        self.pad_to_max_length, self.multiple = pad_to_max_length, pad_to_multiple_of
         self.caches = {query_max_len: TokenCache(tokenizer, query_max_len)}
         self.caches.setdefault(passage_max_len, TokenCache(tokenizer, passage_max_len))
 
     def tokenize(self, texts, max_len):
-        return self.caches[max_len].batch(list(texts), max_len if self.pad_to_max_length else None)
+        return self.caches[max_len].batch(list(texts), max_len if self.pad_to_max_length else None, self.multiple)
 
 # %% ../nbs/00_data.ipynb #56fe70d8
 class BatchSampler:

@@ -21,7 +21,7 @@ from .distributed import STRATEGIES, accelerator_kwargs, gather_batch, shard_mod
 __all__ = ['ALIASES', 'FIELD_TYPES', 'ConfigError', 'TrainConfig', 'load_config', 'make_loss', 'row_texts', 'make_loader',
            'RandContext', 'grad_cache', 'train', 'launch']
 
-# %% ../nbs/04_train.ipynb #f1d215b7
+# %% ../nbs/04_train.ipynb #c4755ea3
 class ConfigError(EmbedNbError):
     "A mistake in a training configuration."
 
@@ -75,6 +75,7 @@ class TrainConfig:
     # speed and memory (new; see "Fast batches" in 00_data and "GradCache" below)
     group_by_length: bool = True # new: batches of rows of similar length, drawn from shuffled mega-batches: little padding
     length_mega_batch: int = 32 # new: batches per mega-batch when grouping by length (more: less padding, less random batches)
+    pad_to_multiple_of: int | None = None # new: round padded lengths up to a multiple of this; None: 64 on a GPU (few distinct shapes), 1 on CPU
     pad_to_max_length: bool = False # new: pad every text to query_max_len / passage_max_len, the spec's behaviour (slow; for comparison)
     no_duplicates: bool = False # new: no query or positive twice in a batch (a duplicate positive is a false negative)
     cached: bool = False # new: GradCache: a batch of any size trains in the memory of `mini_batch_size` rows
@@ -113,7 +114,7 @@ def _coerce(name: str, value, kind: str):
     if base == "str": return ("yes" if value else "no") if isinstance(value, bool) else str(value)  # yaml 1.1 reads `no` as false
     raise TypeError(kind)
 
-# %% ../nbs/04_train.ipynb #9f6ebf4c
+# %% ../nbs/04_train.ipynb #40acb0f3
 FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 def _key_lines(text: str) -> dict:
@@ -136,6 +137,7 @@ def _check_values(c: TrainConfig, where):
              (not c.eval_dims or min(c.eval_dims) > 0, "eval_dims", "must be positive"),
              (c.length_mega_batch >= 1, "length_mega_batch", "must be at least 1"),
              (c.mini_batch_size >= 1, "mini_batch_size", "must be at least 1"),
+             (c.pad_to_multiple_of is None or c.pad_to_multiple_of >= 1, "pad_to_multiple_of", "must be at least 1"),
              (c.train_dataset is not None, "train_dataset", "is required: the jsonl file to train on")]
     for ok, key, problem in rules:
         if not ok: raise ConfigError(f"{where(key)}: '{key}' {problem} (got {getattr(c, key)!r})")
@@ -182,7 +184,7 @@ def make_loss(cfg: TrainConfig, data_format: str, mrl_dims: list[int] | None = N
     else: loss = DistillLoss(cfg.cosine_weight, cfg.similarity_weight, cfg.triplet_weight, cfg.triplet_margin)
     return MatryoshkaLoss(loss, mrl_dims, cfg.mrl_weights) if cfg.use_mrl and mrl_dims else loss
 
-# %% ../nbs/04_train.ipynb #8ea57d9a
+# %% ../nbs/04_train.ipynb #411b65c1
 def row_texts(dataset: EmbeddingDataset) -> list[tuple[str, list[str]]]:
     "Each row's query and the documents it has in every epoch (the positive, or a scored line's documents)."
     out = []
@@ -192,9 +194,10 @@ def row_texts(dataset: EmbeddingDataset) -> list[tuple[str, list[str]]]:
         out.append((ex["query"], docs))
     return out
 
-def make_loader(dataset: EmbeddingDataset, tokenizer, cfg: TrainConfig, world_size: int = 1, rank: int = 0) -> DataLoader:
+def make_loader(dataset: EmbeddingDataset, tokenizer, cfg: TrainConfig, world_size: int = 1, rank: int = 0, device="cpu") -> DataLoader:
     "A DataLoader of this process's batches: tokenised once, grouped by length, without duplicates, as `cfg` says."
-    collate = CachedCollator(tokenizer, cfg.query_max_len, cfg.passage_max_len, cfg.pad_to_max_length)
+    multiple = cfg.pad_to_multiple_of or (64 if torch.device(device).type == "cuda" else 1)
+    collate = CachedCollator(tokenizer, cfg.query_max_len, cfg.passage_max_len, cfg.pad_to_max_length, multiple)
     rows = row_texts(dataset)
     lengths = collate.caches[cfg.query_max_len].lengths([q for q, _ in rows])
     docs = [d for _, ds in rows for d in ds]
@@ -333,7 +336,7 @@ def _save_checkpoint(model, output_dir: Path, epoch: int, keep: int):
     ckpts = sorted(output_dir.glob("checkpoint-epoch-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     for old in ckpts[:max(len(ckpts) - keep, 0)]: shutil.rmtree(old)
 
-# %% ../nbs/04_train.ipynb #e3ffe2ba
+# %% ../nbs/04_train.ipynb #c68c2d24
 def _tracker(cfg: TrainConfig):
     "The accelerate tracker to log to, if available."
     if cfg.log_with in (None, "none"): return None
@@ -378,7 +381,7 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     for m in model.modules():  # the HF pooler is never used by sentence-transformers: freeze it so DDP needs no unused-parameter search
         if type(m).__name__.endswith("Pooler"): m.requires_grad_(False)
     loss_fn = make_loss(cfg, dataset.format, model.mrl_dims)
-    loader = make_loader(dataset, model.tokenizer, cfg, world, rank)  # this process's slice of each global batch
+    loader = make_loader(dataset, model.tokenizer, cfg, world, rank, acc.device)  # this process's slice of each global batch
     sampler = loader.batch_sampler
     mrl_dims = model.mrl_dims
     fsdp = strategy == "fsdp" and world > 1

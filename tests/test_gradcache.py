@@ -1,0 +1,140 @@
+"""GradCache (`cached: true`) computes the loss and the gradients of the whole batch: equal to the plain computation
+in one process (float64), with gradient accumulation, and across processes with cross-device negatives."""
+import json
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from embed_nb.data import EmbeddingDataset
+from embed_nb.losses import InfoNCELoss, ScoreKLLoss, DistillLoss, MatryoshkaLoss
+from embed_nb.model import Embedding, make_tiny_model
+from embed_nb.train import TrainConfig, ConfigError, grad_cache, launch, make_loader, train, _mini_batches
+from conftest import EXAMPLES, example_texts
+
+
+@pytest.fixture(scope="module")
+def dropout_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("drop"), example_texts(), hidden=32, dropout=0.3)
+
+
+def batch_of(name, model, rows=10, neg_nums=3):
+    vec = str(EXAMPLES / "distill_teacher.f32") if name == "distill" else None
+    ds = EmbeddingDataset(EXAMPLES / f"{name}.jsonl", neg_nums=neg_nums, teacher_vectors=vec)
+    return next(iter(make_loader(ds, model.tokenizer, TrainConfig(batch_size=rows, seed=3))))
+
+
+def grads_of(net, fn):
+    net.zero_grad()
+    out = fn()
+    return out, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys() and len(a) > 10
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+LOSSES = {"pairs": lambda: InfoNCELoss(0.05), "hard_neg": lambda: MatryoshkaLoss(InfoNCELoss(0.05), [8, 16, 32]),
+          "scored": lambda: ScoreKLLoss(0.05), "distill": lambda: MatryoshkaLoss(DistillLoss(), [16, 384])}
+
+
+@pytest.mark.parametrize("name,mini", [(n, m) for n in LOSSES for m in (3, 7)] + [("pairs", 1)])
+def test_equal_to_plain(name, mini, tiny_model_no_dropout):
+    "Loss and every parameter gradient through GradCache equal the whole batch's (float64: only summation order differs)."
+    head = 384 if name == "distill" else None
+    net = Embedding.from_pretrained(tiny_model_no_dropout, use_mrl=name in ("hard_neg", "distill"), mrl_dims=[8, 16, 32],
+                                    head_dim=head).double()
+    batch = batch_of(name, net)
+    if "teacher" in batch: batch["teacher"] = batch["teacher"].double()
+    loss = LOSSES[name]()
+    def plain():
+        out = loss(net(batch), batch); out["loss"].backward(); return out
+    ref, ref_grads = grads_of(net, plain)
+    out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, mini))
+    assert set(out) == set(ref)
+    for k in ref: assert abs(out[k].item() - ref[k].item()) <= 1e-10, (k, out[k], ref[k])
+    assert max_diff(grads, ref_grads) <= 1e-10
+
+
+def test_float32_relative(tiny_model_no_dropout):
+    "In float32 (as trained) the gradients agree within 1e-5 (relative to the largest entry where that is above 1)."
+    net = Embedding.from_pretrained(tiny_model_no_dropout)
+    batch, loss = batch_of("hard_neg", net, rows=16), InfoNCELoss(0.05)
+    def plain():
+        out = loss(net(batch), batch); out["loss"].backward(); return out
+    ref, ref_grads = grads_of(net, plain)
+    out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, 4))
+    assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-5
+    for k in ref_grads: assert (grads[k] - ref_grads[k]).abs().max() <= 1e-5 * max(ref_grads[k].abs().max(), 1.0), k
+
+
+def test_dropout_is_replayed(dropout_model):
+    "With dropout on, the second pass draws the first pass's masks: GradCache equals the same mini-batches embedded with activations."
+    net = Embedding.from_pretrained(dropout_model).double().train()
+    batch, loss = batch_of("hard_neg", net), InfoNCELoss(0.05)
+    def chunked(seed):
+        torch.manual_seed(seed)
+        emb = {s: torch.cat([net({s: f})[s] for f, _ in _mini_batches(batch[s], -(-len(batch[s]["input_ids"]) // 3))]) for s in ("query", "docs")}
+        out = loss(emb, batch); out["loss"].backward(); return out
+    def cached(seed):
+        torch.manual_seed(seed); return grad_cache(net, batch, loss, 3)
+    (ref, ref_grads), (out, grads), (_, other) = grads_of(net, lambda: chunked(5)), grads_of(net, lambda: cached(5)), grads_of(net, lambda: chunked(6))
+    assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-10
+    assert max_diff(grads, ref_grads) <= 1e-10
+    assert max_diff(other, ref_grads) > 1e-3  # another random state gives other gradients: dropout does act
+
+
+def test_stand_in_rows():
+    "Short of rows for the agreed number of mini-batches, a process embeds a stand-in row, flagged as such."
+    feats = {"input_ids": torch.arange(6).view(2, 3), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    pieces = _mini_batches(feats, 3)
+    assert [real for _, real in pieces] == [True, True, False]
+    assert [f["input_ids"].tolist() for f, _ in pieces] == [[[0, 1, 2]], [[3, 4, 5]], [[0, 1, 2]]]
+
+
+def cfg(model, name, out, **kw):
+    c = dict(model_name_or_path=model, train_dataset=str(EXAMPLES / f"{name}.jsonl"), output_dir=str(out), batch_size=8,
+             max_steps=4, log_interval=1, lr=5e-4, warmup_proportion=0.0, save_on_epoch_end=False, neg_nums=2, seed=7)
+    return {**c, **kw}
+
+
+def losses(out): return np.array([json.loads(l)["loss"] for l in (Path(out) / "log.jsonl").read_text().splitlines()])
+
+
+def weights(d): return {k: v.detach().clone() for k, v in SentenceTransformer(str(d), device="cpu").state_dict().items()}
+
+
+def assert_same_run(a, b):
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) >= 4 and np.abs(la - lb).max() <= 1e-4 * np.abs(la).max(), (la, lb)
+    wa, wb = weights(Path(a) / "model"), weights(Path(b) / "model")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+
+
+def test_train_cached_with_accumulation(tiny_model_no_dropout, tmp_path):
+    "train(cached=True) with gradient accumulation and Matryoshka equals the plain run: losses and final weights."
+    extra = dict(gradient_accumulation_steps=2, use_mrl=True, mrl_dims=[8, 32])
+    train(cfg(tiny_model_no_dropout, "hard_neg", tmp_path / "plain", **extra))
+    train(cfg(tiny_model_no_dropout, "hard_neg", tmp_path / "cached", cached=True, mini_batch_size=3, **extra))
+    assert_same_run(tmp_path / "plain", tmp_path / "cached")
+    start, end = weights(tiny_model_no_dropout), weights(tmp_path / "cached" / "model")
+    assert max((end[k] - start[k]).abs().max().item() for k in start if k in end) > 1e-3  # it trained
+
+
+@pytest.mark.parametrize("strategy,name", [("ddp", "hard_neg"), ("ddp", "scored"), ("fsdp", "pairs")])
+def test_two_processes_cached_equal_one_plain(strategy, name, tiny_model_no_dropout, tmp_path):
+    "2 processes x 4 rows, cached in mini-batches of 3, cross-device negatives == 1 process x 8 rows, plain."
+    extra = dict(use_mrl=True, mrl_dims=[8, 32]) if name == "hard_neg" else {}
+    train(cfg(tiny_model_no_dropout, name, tmp_path / "single", **extra))
+    launch(cfg(tiny_model_no_dropout, name, tmp_path / "multi", batch_size=4, cached=True, mini_batch_size=3, **extra),
+           num_processes=2, strategy=strategy)
+    run = json.loads((tmp_path / "multi" / "run.json").read_text())
+    assert (run["world_size"], run["negatives_cross_device"], run["config"]["cached"]) == (2, True, True)
+    assert_same_run(tmp_path / "single", tmp_path / "multi")
+
+
+def test_cached_refused_with_deepspeed(tiny_model_no_dropout, tmp_path):
+    with pytest.raises(ConfigError, match="DeepSpeed"):
+        launch(cfg(tiny_model_no_dropout, "pairs", tmp_path / "ds", cached=True), num_processes=2, strategy="deepspeed")
+    assert not (tmp_path / "ds").exists()

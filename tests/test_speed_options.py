@@ -1,0 +1,90 @@
+"""Length-grouped batches, no-duplicates batches and padding options: every row once per epoch on every process
+layout, no text twice in a batch, less padding, the config keys checked like the others."""
+import json
+import numpy as np
+import pytest
+import torch
+from embed_nb.data import BatchSampler, CachedCollator, Collator, EmbeddingDataset, TokenCache, padding_fraction
+from embed_nb.model import Embedding
+from embed_nb.train import ConfigError, TrainConfig, load_config, make_loader, row_texts, train
+from conftest import EXAMPLES
+
+
+@pytest.mark.parametrize("n,batch,world", [(100, 8, 1), (101, 8, 2), (37, 4, 3), (5, 2, 2)])
+@pytest.mark.parametrize("group", [True, False])
+def test_every_row_once_per_epoch(n, batch, world, group):
+    "The processes' slices of each global batch cover every row once per epoch (a last batch too small for all processes is dropped)."
+    lengths = np.random.default_rng(0).integers(1, 300, n)
+    per_rank = [list(BatchSampler(lengths, batch, seed=1, group_by_length=group, mega_batch=4, world_size=world, rank=r)) for r in range(world)]
+    assert len({len(p) for p in per_rank}) == 1  # as many batches on every process: the collectives stay in step
+    rows = [i for p in per_rank for b in p for i in b]
+    assert len(rows) == len(set(rows)) and n - len(rows) < world
+    assert all(len(b) >= 1 for p in per_rank for b in p)
+
+
+def test_grouping_reduces_padding_and_stays_random():
+    "Grouped batches pad far less; two epochs give different batches; the first batch is the longest."
+    lengths = np.random.default_rng(0).lognormal(4, 0.8, 2000).astype(int) + 5
+    s = BatchSampler(lengths, 32, seed=0, mega_batch=16)
+    e0 = list(s); s.set_epoch(1); e1 = list(s)
+    rand = list(BatchSampler(lengths, 32, seed=0, group_by_length=False))
+    assert padding_fraction(e0, lengths) < 0.5 * padding_fraction(rand, lengths)  # heavy-tailed lengths: 23% against 74%
+    assert {tuple(sorted(b)) for b in e0} != {tuple(sorted(b)) for b in e1}
+    assert max(lengths[e0[0]]) == lengths.max()
+
+
+def test_no_duplicates_in_a_batch(tmp_path):
+    "With no_duplicates no batch holds a query or a positive twice, even where the file repeats them often."
+    lines = [{"query": f"q{i % 7}", "pos": [f"answer {i % 5}"]} for i in range(60)]
+    (tmp_path / "dups.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    ds = EmbeddingDataset(tmp_path / "dups.jsonl")
+    from transformers import AutoTokenizer
+    from embed_nb.model import default_model_path
+    tok = AutoTokenizer.from_pretrained(default_model_path())
+    texts = row_texts(ds)
+    has_dup = lambda b: len({texts[i][0] for i in b}) < len(b) or len({texts[i][1][0] for i in b}) < len(b)
+    on = make_loader(ds, tok, TrainConfig(batch_size=4, no_duplicates=True)).batch_sampler
+    assert sorted(i for b in on for i in b) == list(range(60)) and not any(has_dup(b) for b in on)
+    off = make_loader(ds, tok, TrainConfig(batch_size=4)).batch_sampler
+    assert any(has_dup(b) for b in off)
+
+
+def test_cached_collator_matches_tokenizer(tiny_model):
+    "Tokenised once or every time, max-length padding or not: the same ids where there is text."
+    tok = Embedding.from_pretrained(tiny_model).tokenizer
+    items = [{"query": "a query about the router", "docs": ["the reset button", "a much longer document " * 20]},
+             {"query": "short", "docs": ["x", "y"]}]
+    slow, fast = Collator(tok, 16, 64)(items), CachedCollator(tok, 16, 64)(items)
+    for side in ("query", "docs"):
+        assert set(slow[side]) == set(fast[side]) and all(torch.equal(slow[side][k], fast[side][k]) for k in slow[side])
+    full = CachedCollator(tok, 16, 64, pad_to_max_length=True)(items)
+    assert full["query"]["input_ids"].shape == (2, 16) and full["docs"]["input_ids"].shape == (4, 64)
+    assert torch.equal(full["docs"]["input_ids"][:, :slow["docs"]["input_ids"].shape[1]], slow["docs"]["input_ids"])
+
+
+def test_new_keys_checked(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train_dataset: x.jsonl\nmini_batch_size: 0\n")
+    with pytest.raises(ConfigError, match="c.yaml:2: 'mini_batch_size' must be at least 1"): load_config(f)
+    f.write_text("train_dataset: x.jsonl\ngroup_by_lenght: true\n")
+    with pytest.raises(ConfigError, match="did you mean 'group_by_length'"): load_config(f)
+    f.write_text("train_dataset: x.jsonl\nlength_mega_batch: 0\n")
+    with pytest.raises(ConfigError, match="c.yaml:2: 'length_mega_batch'"): load_config(f)
+    c = load_config({"train_dataset": "x", "cached": "true", "no_duplicates": 1, "pad_to_max_length": "no"})
+    assert (c.cached, c.no_duplicates, c.pad_to_max_length, c.group_by_length) == (True, True, False, True)
+
+
+def test_train_with_each_option(tiny_model_no_dropout, tmp_path):
+    "Each option trains to finite losses; padding to max length changes nothing but the work (same batches, same losses)."
+    base = dict(model_name_or_path=tiny_model_no_dropout, train_dataset=str(EXAMPLES / "pairs.jsonl"), batch_size=8, max_steps=2,
+                log_interval=1, save_on_epoch_end=False, passage_max_len=64, query_max_len=32)
+    logs = {}
+    for name, extra in [("nodup", dict(no_duplicates=True)), ("maxpad", dict(pad_to_max_length=True, group_by_length=False)),
+                        ("nogroup", dict(group_by_length=False)), ("cached", dict(cached=True, mini_batch_size=3))]:
+        train({**base, "output_dir": str(tmp_path / name), **extra})
+        logs[name] = np.array([json.loads(l)["loss"] for l in open(tmp_path / name / "log.jsonl")])
+        assert len(logs[name]) == 2 and np.isfinite(logs[name]).all()
+        config = json.loads((tmp_path / name / "run.json").read_text())["config"]
+        assert all(config[k] == v for k, v in extra.items())
+    assert np.abs(logs["maxpad"] - logs["nogroup"]).max() <= 1e-5
+    assert np.abs(logs["nogroup"] - logs["nodup"]).max() > 1e-4  # other batches, other losses: the comparison above can fail
