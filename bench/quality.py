@@ -30,7 +30,9 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--contenders", default="embed_nb,sentence_transformers")
+    p.add_argument("--contenders", default="embed_nb,sentence_transformers",
+                   help="also: embed_nb_nogroup (random batches), embed_nb_nodup (no_duplicates)")
+    p.add_argument("--name", default=None, help="results file name (default: quality_<device>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -56,12 +58,13 @@ def train_worker(a) -> dict:
     start = time.perf_counter()
     dims = [int(d) for d in a.mrl.split(",") if d.strip()]
     total = a.steps
-    if a.worker == "embed_nb":
+    if a.worker.startswith("embed_nb"):
         from embed_nb.train import train
+        options = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False), "embed_nb_nodup": dict(no_duplicates=True)}[a.worker]
         train(dict(train_dataset=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=10,
                    lr=a.lr, temperature=a.temperature, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
                    query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,
-                   mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None))
+                   mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None, **options))
         path = str(Path(a.out) / "model")
     else:
         import datasets
@@ -132,7 +135,7 @@ def main(argv=None):
           f"InsuranceQA valid: {len(valid.queries)} questions, {len(valid.corpus)} answers\n")
     print(markdown_table(["dim", "model", "nDCG@10", "Recall@10", "MRR@10"], rows))
     if delta: print("\nnDCG@10 embed_nb - sentence-transformers: " + ", ".join(f"{d}: {v:+.4f}" for d, v in delta.items()))
-    print("wrote", save(f"quality_{a.device}", result))
+    print("wrote", save(a.name or f"quality_{a.device}", result))
 
 
 if __name__ == "__main__":
