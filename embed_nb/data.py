@@ -221,7 +221,7 @@ class CachedCollator(Collator):
     def tokenize(self, texts, max_len):
         return self.caches[max_len].batch(list(texts), max_len if self.pad_to_max_length else None, self.multiple)
 
-# %% ../nbs/00_data.ipynb #56fe70d8
+# %% ../nbs/00_data.ipynb #688a7e0d
 class BatchSampler:
     "Global batches of row indices, optionally grouped by length and free of duplicate texts; this process's slice of each."
     def __init__(self, lengths, # a length per row (any number: tokens, characters); None: no grouping
@@ -236,7 +236,7 @@ class BatchSampler:
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.group = group_by_length and self.lengths is not None
         self.mega_batch, self.keys, self.world_size, self.rank, self.drop_last = mega_batch, keys, world_size, rank, drop_last
-        self.global_size = batch_size * world_size
+        self.global_size, self._drawn = batch_size * world_size, None
 
     def set_epoch(self, epoch: int): self.epoch = epoch
 
@@ -254,7 +254,11 @@ class BatchSampler:
         return batches, [i for b in open_ for i in b]
 
     def global_batches(self) -> list[list[int]]:
-        "Every global batch of this epoch."
+        "Every global batch of this epoch, drawn once per epoch (`len` and iteration share them)."
+        if self._drawn is None or self._drawn[0] != self.epoch: self._drawn = (self.epoch, self._draw())
+        return self._drawn[1]
+
+    def _draw(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
         if self.group:
@@ -269,7 +273,8 @@ class BatchSampler:
             full, left = self._pack(rest)
             if full: batches += full; rest = left; continue
             if self.keys is None: batches.append(rest); break
-            first = self._pack_partial(rest); batches.append(first); rest = [i for i in rest if i not in set(first)]
+            first = self._pack_partial(rest); taken = set(first)
+            batches.append(first); rest = [i for i in rest if i not in taken]
         if self.drop_last or self.world_size > 1:  # every process needs at least one row
             batches = [b for b in batches if len(b) == self.global_size or (not self.drop_last and len(b) >= self.world_size)]
         if self.shuffle and len(batches) > 1:

@@ -336,7 +336,12 @@ def _save_checkpoint(model, output_dir: Path, epoch: int, keep: int):
     ckpts = sorted(output_dir.glob("checkpoint-epoch-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     for old in ckpts[:max(len(ckpts) - keep, 0)]: shutil.rmtree(old)
 
-# %% ../nbs/04_train.ipynb #c68c2d24
+# %% ../nbs/04_train.ipynb #63e08b93
+def _check_strategy(cfg: TrainConfig, strategy: str | None):
+    "Refuse settings that the chosen strategy cannot run."
+    if cfg.cached and strategy == "deepspeed":
+        raise ConfigError("cached (GradCache) back-propagates several times per step, which DeepSpeed's engine does not allow: use ddp or fsdp")
+
 def _tracker(cfg: TrainConfig):
     "The accelerate tracker to log to, if available."
     if cfg.log_with in (None, "none"): return None
@@ -357,8 +362,7 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
     cfg = load_config(config, **overrides)
-    if cfg.cached and strategy == "deepspeed":
-        raise ConfigError("cached (GradCache) back-propagates several times per step, which DeepSpeed's engine does not allow: use ddp or fsdp")
+    _check_strategy(cfg, strategy)
     dataset = EmbeddingDataset(cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim, cfg.seed)
     eval_data = _eval_data(cfg)
     if cfg.train_type == "distill" and dataset.format != "distill":
@@ -410,8 +414,12 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     bar = tqdm(total=total, disable=not main, desc="training")
     step, sums, micro, start = 0, {}, 0, time.time()
 
+    last_eval = None  # the step of the latest evaluation
+
     def evaluate_now(epoch: float):
         "Evaluate the model as it is now on eval_dataset; log it like a loss record (main process)."
+        nonlocal last_eval
+        last_eval = step
         whole = _gather_model(acc, model, fsdp, load_model)  # every process takes part; the main one evaluates
         if main:
             t = time.time()
@@ -424,8 +432,7 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[top].items()) + f" at {top} dims")
             if acc.log_with: acc.log({f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()}, step=step)
         _barrier(acc)
-    evaluated = set()
-    if eval_data: evaluate_now(0.0); evaluated.add(0)
+    if eval_data: evaluate_now(0.0)
     for epoch in range(cfg.epochs):
         dataset.set_epoch(epoch); sampler.set_epoch(epoch)
         for i, batch in enumerate(loader):
@@ -457,10 +464,10 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
                     for cb in callbacks: cb(record)
                 if acc.log_with: acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=step)
             if eval_data and cfg.eval_steps and (step % cfg.eval_steps == 0 or step == total):
-                evaluate_now(epoch + (i + 1) / len(loader)); evaluated.add(step)
+                evaluate_now(epoch + (i + 1) / len(loader))
             if step >= total: break
-        if eval_data and not cfg.eval_steps and step not in evaluated:
-            evaluate_now(epoch + 1.0); evaluated.add(step)
+        if eval_data and not cfg.eval_steps and step != last_eval:
+            evaluate_now(epoch + 1.0)
         if cfg.save_on_epoch_end:
             trained = _gather_model(acc, model, fsdp, load_model)
             if main: _save_checkpoint(trained, out, epoch + 1, cfg.num_max_checkpoints)
@@ -480,7 +487,7 @@ def train(config=None, # a TrainConfig, a dict or a yaml path
     if world == 1: AcceleratorState._reset_state(reset_partial_state=True)  # leave the kernel free to launch processes
     return out / "model"
 
-# %% ../nbs/04_train.ipynb #77db90a9
+# %% ../nbs/04_train.ipynb #2a12558c
 def _launched_train(cfg: dict, strategy: str, zero_stage: int):
     train(cfg, strategy=strategy, zero_stage=zero_stage)
 
@@ -498,8 +505,7 @@ def launch(config=None, # a TrainConfig, a dict or a yaml path
                           "(which shards parameters too), or run on GPUs")
     if mixed_precision: overrides["mixed_precision"] = mixed_precision
     cfg = load_config(config, **overrides)
-    if cfg.cached and strategy == "deepspeed":
-        raise ConfigError("cached (GradCache) back-propagates several times per step, which DeepSpeed's engine does not allow: use ddp or fsdp")
+    _check_strategy(cfg, strategy)
     EmbeddingDataset(cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim)  # report data errors here
     _eval_data(cfg)
     if num_processes == 1: return train(cfg)

@@ -15,7 +15,12 @@ import pandas as pd
 __all__ = ['read_log', 'plot_loss', 'read_eval', 'eval_metrics', 'plot_eval', 'plot_mrl', 'similarity_matrix', 'plot_similarity',
            'LossWidget', 'SimilarityWidget', 'eval_results', 'MRLWidget']
 
-# %% ../nbs/06_widgets.ipynb #8ffc8b07
+# %% ../nbs/06_widgets.ipynb #ac83cad0
+def _runs(runs) -> dict:
+    "`{label: folder}` from a folder, a list of folders (labelled by name) or such a dict."
+    if isinstance(runs, (str, Path)): runs = [runs]
+    return runs if isinstance(runs, dict) else {Path(r).name: r for r in runs}
+
 def read_log(run_dir) -> pd.DataFrame:
     "The records of `run_dir/log.jsonl` (or of that file itself) as a DataFrame; empty if none yet."
     path = Path(run_dir)
@@ -24,14 +29,13 @@ def read_log(run_dir) -> pd.DataFrame:
     rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
     return pd.DataFrame(rows)
 
-# %% ../nbs/06_widgets.ipynb #a80aa721
+# %% ../nbs/06_widgets.ipynb #4396c71a
 def plot_loss(runs, # a run folder, or a list of them, or {label: folder}
               smoothing: float = 0.0, # exponential moving average weight in [0, 1)
               components: bool = True, # also draw loss components
               lr: bool = True, ax=None):
     "Loss curves of runs from their `log.jsonl`, with the learning rate on a twin axis: `(fig, ax)`."
-    if isinstance(runs, (str, Path)): runs = [runs]
-    if not isinstance(runs, dict): runs = {Path(r).name: r for r in runs}
+    runs = _runs(runs)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.5))
     ax2 = ax.twinx() if lr else None
     for label, r in runs.items():
@@ -49,7 +53,7 @@ def plot_loss(runs, # a run folder, or a list of them, or {label: folder}
     fig.tight_layout()
     return fig, ax
 
-# %% ../nbs/06_widgets.ipynb #c689c606
+# %% ../nbs/06_widgets.ipynb #4d8f0d79
 def read_eval(run_dir) -> dict[int, dict[int, dict[str, float]]]:
     "The evaluation records of a run's `log.jsonl`: `{step: {dim: {metric: value}}}`, in step order."
     df = read_log(run_dir)
@@ -64,8 +68,7 @@ def eval_metrics(run_dir) -> list[str]:
 
 def plot_eval(runs, metric: str = "ndcg@10", dims: list[int] | None = None, ax=None):
     "A retrieval metric of evaluations during training against the step, one line per run and dimension: `(fig, ax)`."
-    if isinstance(runs, (str, Path)): runs = [runs]
-    if not isinstance(runs, dict): runs = {Path(r).name: r for r in runs}
+    runs = _runs(runs)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.5))
     for label, r in runs.items():
         ev = read_eval(r)
@@ -131,7 +134,7 @@ def plot_similarity(model, queries: list[str], docs: list[str], positives: dict[
     fig.colorbar(im, ax=ax, fraction=0.03); fig.tight_layout()
     return fig, ax
 
-# %% ../nbs/06_widgets.ipynb #4beaf6c0
+# %% ../nbs/06_widgets.ipynb #c6d37148
 import threading
 import ipywidgets as W
 from IPython.display import display
@@ -153,9 +156,6 @@ class _PlotWidget:
     def save(self, path, dpi: int = 100): self.fig.savefig(path, dpi=dpi); return path
     def _ipython_display_(self): display(self.widget)
 
-def _run_list(runs) -> list:
-    return [runs] if isinstance(runs, (str, Path)) else list(runs.values() if isinstance(runs, dict) else runs)
-
 class LossWidget(_PlotWidget):
     """Loss curves of one or more runs, with smoothing and component controls, and beside them the evaluation metric
     chosen in `eval` when the runs evaluate during training; `follow()` watches the runs grow."""
@@ -168,7 +168,7 @@ class LossWidget(_PlotWidget):
         super().__init__([self.smoothing, self.components, self.metric])
     def _update_metrics(self):
         "Offer the evaluation metrics the runs have logged so far."
-        names = sorted({m for r in _run_list(self.runs) for m in eval_metrics(r)}) or ["(none)"]
+        names = sorted({m for r in _runs(self.runs).values() for m in eval_metrics(r)}) or ["(none)"]
         if list(self.metric.options) == names: return
         keep = self.metric.value if self.metric.value in names else "ndcg@10" if "ndcg@10" in names else names[0]
         self._quiet = True
@@ -188,7 +188,7 @@ class LossWidget(_PlotWidget):
         self.refresh()
     def follow(self, interval: float = 2.0, idle_stop: float = 60.0) -> threading.Thread:
         "Redraw every `interval` seconds while a log grows; stop after `idle_stop` seconds without growth."
-        runs = _run_list(self.runs)
+        runs = _runs(self.runs).values()
         size = lambda: sum((Path(r) / "log.jsonl").stat().st_size for r in runs if (Path(r) / "log.jsonl").exists())
         start = size()
         def loop():
