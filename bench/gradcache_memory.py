@@ -38,7 +38,9 @@ def load_only(a) -> dict:
     from transformers import AutoTokenizer
     from embed_nb.data import EmbeddingDataset
     from embed_nb.model import Embedding
-    from embed_nb.train import TrainConfig, make_loader, _optimizer
+    from embed_nb.core import TrainConfig
+    from embed_nb.data import make_loader
+    from embed_nb.train import _optimizer
     model = Embedding.from_pretrained(device=a.device)
     make_loader(EmbeddingDataset(a.data), model.tokenizer, TrainConfig(batch_size=a.batch_size, query_max_len=256, passage_max_len=256))
     _optimizer(model, TrainConfig())

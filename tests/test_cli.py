@@ -97,5 +97,11 @@ def test_eval_command_writes_json(tiny_model, tmp_path):
     r = run_cli("eval", "--model", tiny_model, "--data", EXAMPLES / "eval", "--dims", "16,32", "--k", "10,100", "--out", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "r.json").read_text())["results"]
-    assert set(res) == {"16", "32"} and 0 <= res["32"]["ndcg@10"] <= res["32"]["recall@100"] <= 1
+    from embed_nb.evaluate import evaluate, load_retrieval_data
+    from embed_nb.model import Embedding
+    direct = evaluate(Embedding.from_pretrained(tiny_model), load_retrieval_data(EXAMPLES / "eval"), dims=[16, 32], ks=[10, 100])
+    assert set(res) == {"16", "32"}
+    for dim, metrics in direct.items():  # the command reports what the library computes
+        assert res[str(dim)] == pytest.approx(metrics, abs=1e-6)
+        assert metrics["recall@10"] <= metrics["recall@100"]  # more retrieved, never fewer found
     assert "ndcg@10" in r.stdout

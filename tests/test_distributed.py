@@ -98,7 +98,7 @@ def test_cli_num_processes(model, tmp_path):
 
 @needs_ds
 def test_zero3_on_cpu_is_refused_clearly(model, tmp_path):
-    from embed_nb.train import ConfigError
+    from embed_nb.core import ConfigError
     if torch.cuda.is_available(): pytest.skip("GPU machine")
     with pytest.raises(ConfigError, match="ZeRO-3"):
         launch(config(model, "pairs", tmp_path), num_processes=2, strategy="deepspeed", zero_stage=3)
@@ -115,9 +115,35 @@ def test_torchrun_entry_point(model, tmp_path):
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["world_size"] == 2 and run["negatives_cross_device"] and run["replicas_max_abs_diff"] == 0.0
 
-@pytest.mark.parametrize("name", ["default_fsdp", "deepspeed_zero2"])
-def test_spec_accelerate_configs_are_valid(name):
-    "The GPU configs of example_data/accelerate load with accelerate's own reader (they cannot run without GPUs)."
+def test_spec_fsdp_config_runs_through_accelerate_launch(model, tmp_path):
+    "The spec's `accelerate launch --config_file default_fsdp.yaml -m embed_nb.train`: on CPU accelerate runs it without
+    FSDP (its plugin is GPU-only), so it must train and save a loadable model; the yaml's layer class is the model's."
+    import os, subprocess, sys, yaml
     from accelerate.commands.config.config_args import load_config_from_file
-    cfg = load_config_from_file(str(EXAMPLES / "accelerate" / f"{name}.yaml"))
-    assert cfg.distributed_type.value == {"default_fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}[name]
+    from embed_nb.distributed import transformer_layer_classes
+    from embed_nb.model import Embedding
+    spec = EXAMPLES / "accelerate" / "default_fsdp.yaml"
+    assert load_config_from_file(str(spec)).distributed_type.value == "FSDP"
+    layer = yaml.safe_load(spec.read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+    assert layer in transformer_layer_classes(Embedding.from_pretrained(model))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config(model, "pairs", tmp_path / "out", batch_size=4, max_steps=2).items()))
+    exe = Path(sys.executable).parent / "accelerate"
+    r = subprocess.run([str(exe), "launch", "--config_file", str(spec), "--num_processes", "1", "-m", "embed_nb.train",
+                        "--config", str(cfg)], capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [json.loads(l)["step"] for l in (tmp_path / "out" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert SentenceTransformer(str(tmp_path / "out" / "model"), device="cpu").encode(["x"]).shape == (1, 32)
+
+@needs_ds
+def test_spec_deepspeed_config_matches_the_plugin_embed_nb_builds():
+    "The ZeRO stage and clipping of the spec's DeepSpeed yaml are what `accelerator_kwargs` gives DeepSpeed."
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+    from embed_nb.distributed import accelerator_kwargs
+    spec = EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"
+    assert load_config_from_file(str(spec)).distributed_type.value == "DEEPSPEED"
+    ds = yaml.safe_load(spec.read_text())["deepspeed_config"]
+    plugin = accelerator_kwargs("deepspeed", zero_stage=ds["zero_stage"], batch_size=4, max_grad_norm=ds["gradient_clipping"])["deepspeed_plugin"]
+    assert plugin.zero_stage == ds["zero_stage"] and plugin.deepspeed_config["gradient_clipping"] == ds["gradient_clipping"]
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4  # "auto" in the yaml: set from the config

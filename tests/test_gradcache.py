@@ -9,7 +9,10 @@ from sentence_transformers import SentenceTransformer
 from embed_nb.data import EmbeddingDataset
 from embed_nb.losses import InfoNCELoss, ScoreKLLoss, DistillLoss, MatryoshkaLoss
 from embed_nb.model import Embedding, make_tiny_model
-from embed_nb.train import TrainConfig, ConfigError, grad_cache, launch, make_loader, train, _mini_batches
+from embed_nb.core import ConfigError, TrainConfig
+from embed_nb.data import make_loader
+from embed_nb.gradcache import _mini_batches, grad_cache
+from embed_nb.train import launch, train
 from conftest import EXAMPLES, example_texts
 
 

@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from embed_nb.data import BatchSampler, CachedCollator, Collator, EmbeddingDataset, TokenCache, padding_fraction
+from embed_nb.data import (BatchSampler, CachedCollator, Collator, EmbeddingDataset, TokenCache, make_loader,
+                           padding_fraction, row_texts)
 from embed_nb.model import Embedding
-from embed_nb.train import ConfigError, TrainConfig, load_config, make_loader, row_texts, train
+from embed_nb.core import ConfigError, TrainConfig, load_config
+from embed_nb.train import train
 from conftest import EXAMPLES
 
 
