@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch is installed before the package so that no unpinned requirement pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install browser check-clean check-sync check-readme nbtest pytest readme clean
+.PHONY: demo test install browser check-clean check-sync check-readme lint nbtest pytest readme clean
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): setup.py settings.ini
 demo: $(STAMP)
 	$(BIN)/embed-nb demo --output-dir runs/demo
 
-test: $(STAMP) browser check-clean check-sync check-readme nbtest pytest
+test: $(STAMP) browser check-clean check-sync check-readme lint nbtest pytest
 
 # The browser test drives Debian's Chromium with Playwright (no browser download): install it when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -51,6 +51,11 @@ readme: $(STAMP)
 check-readme: $(STAMP)
 	@$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --stdout | diff -q - README.md >/dev/null \
 	  || { echo "FAIL: README.md differs from nbs/index.ipynb (run make readme)"; exit 1; }; echo "ok: README in sync"
+
+# ruff (line length 119, as sentence-transformers): the exported library is linted, the notebooks it comes from formatted.
+lint: $(STAMP)
+	$(BIN)/ruff check embed_nb
+	$(BIN)/ruff format --check nbs
 
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2

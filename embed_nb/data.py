@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from .core import DataError, TrainConfig
 
 # %% auto #0
-__all__ = ['FORMATS', 'DataFormat', 'detect_format', 'check_record', 'read_examples', 'sample_negatives', 'load_teacher_vectors',
-           'EmbeddingDataset', 'Collator', 'TokenCache', 'CachedCollator', 'pack_batches', 'pack_partial',
-           'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction', 'row_texts', 'make_loader']
+__all__ = ['FORMATS', 'DataFormat', 'detect_format', 'check_record', 'read_jsonl', 'read_examples', 'sample_negatives',
+           'load_teacher_vectors', 'EmbeddingDataset', 'Collator', 'TokenCache', 'CachedCollator', 'pack_batches',
+           'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction', 'row_texts',
+           'make_loader']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class DataFormat:
     graded: bool  # `scores` grade the `pos` documents
     teacher: bool  # each row is matched to a row of teacher embeddings
     loss: str  # the loss that trains it: "info_nce", "score_kl" or "distill"
+    documents_per_row: str  # what a row holds beside its query
 
     @property
     def documents(self) -> bool:
@@ -42,15 +44,18 @@ class DataFormat:
         return not self.teacher
 
 
-FORMATS = {
-    f.name: f
-    for f in [  # in the order they are recognised
-        DataFormat("scored", "scores", "{query, pos, scores}", False, False, True, False, "score_kl"),
-        DataFormat("hard_neg", "neg", "{query, pos, neg}", True, True, False, False, "info_nce"),
-        DataFormat("pair", "pos", "{query, pos}", True, False, False, False, "info_nce"),
-        DataFormat("distill", None, "{query}", False, False, False, True, "distill"),
-    ]
-}
+# fmt: off
+FORMATS = {f.name: f for f in [  # in the order they are recognised
+    #          name        marker    keys                    per pos  negs   graded teacher loss
+    DataFormat("scored",   "scores", "{query, pos, scores}", False,   False, True,  False,  "score_kl",
+               "every pos document, with its grade"),
+    DataFormat("hard_neg", "neg",    "{query, pos, neg}",    True,    True,  False, False,  "info_nce",
+               "one positive and neg_nums negatives"),
+    DataFormat("pair",     "pos",    "{query, pos}",         True,    False, False, False,  "info_nce", "one positive"),
+    DataFormat("distill",  None,     "{query}",              False,   False, False, True,   "distill",
+               "the teacher's vector"),
+]}
+# fmt: on
 
 # %% ../nbs/01_data.ipynb #4e5aa555
 def detect_format(record: dict) -> str:
@@ -102,32 +107,37 @@ def check_record(record, path, line: int) -> dict:
     return out
 
 # %% ../nbs/01_data.ipynb #1f91778b
+def read_jsonl(path):
+    "The `(line number, record)` of each non-blank line of a jsonl file; a line that is not JSON is a `DataError`."
+    with open(path, encoding="utf-8") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield i, json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
 def read_examples(path) -> tuple[str, list[dict]]:
     "Read and validate a training jsonl file: `(format, examples)`."
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "file not found")
     fmt, first, examples = None, None, []
-    with open(path, encoding="utf-8") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
-            ex = check_record(record, path, i)
-            this = detect_format(record)
-            if fmt is None:
-                fmt, first = this, i
-            elif this != fmt:
-                raise DataError(
-                    path,
-                    i,
-                    f"this line is in the '{this}' format {FORMATS[this].keys} but the file's first line "
-                    f"(line {first}) is '{fmt}' {FORMATS[fmt].keys}",
-                )
-            examples.append(ex)
+    for i, record in read_jsonl(path):
+        ex = check_record(record, path, i)
+        this = detect_format(record)
+        if fmt is None:
+            fmt, first = this, i
+        elif this != fmt:
+            raise DataError(
+                path,
+                i,
+                f"this line is in the '{this}' format {FORMATS[this].keys} but the file's "
+                f"first line (line {first}) is '{fmt}' {FORMATS[fmt].keys}",
+            )
+        examples.append(ex)
     if not examples:
         raise DataError(path, None, "file is empty: no training examples")
     return fmt, examples

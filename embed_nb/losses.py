@@ -83,7 +83,7 @@ def distill_loss(
     triplet_weight: float = 20.0,
     margin: float = 0.015,
 ) -> dict:
-    "Jasper/stella distillation: cosine, similarity-matrix MSE and ranking-margin terms, and their weighted sum `loss`."
+    "Jasper/stella distillation: cosine, similarity-matrix MSE and ranking-margin terms, and their weighted sum."
     teacher = teacher.to(student.dtype)
     s_sim, t_sim = similarity(student, student), similarity(teacher, teacher)
     parts = {
