@@ -5,16 +5,6 @@
 # %% ../nbs/08_widgets.ipynb #860aad68
 from __future__ import annotations
 
-# ruff: noqa: RUF022
-# fmt: off
-
-
-# %% auto #0
-__all__ = ['read_log', 'plot_loss', 'read_eval', 'eval_metrics', 'plot_eval', 'plot_mrl', 'similarity_matrix', 'plot_similarity',
-           'LossWidget', 'SimilarityWidget', 'eval_results', 'MRLWidget']
-
-# %% ../nbs/08_widgets.ipynb #3b9d0c41
-# fmt: on
 import html
 import json
 import threading
@@ -28,6 +18,9 @@ import pandas as pd
 from IPython.display import display
 from matplotlib import patches, ticker
 
+# %% auto #0
+__all__ = ['read_log', 'plot_loss', 'read_eval', 'eval_metrics', 'plot_eval', 'LossWidget', 'plot_mrl', 'eval_results',
+           'MRLWidget', 'similarity_matrix', 'plot_similarity', 'SimilarityWidget']
 
 # %% ../nbs/08_widgets.ipynb #ac83cad0
 def _runs(runs) -> dict:
@@ -35,7 +28,6 @@ def _runs(runs) -> dict:
     if isinstance(runs, (str, Path)):
         runs = [runs]
     return runs if isinstance(runs, dict) else {Path(r).name: r for r in runs}
-
 
 # %% ../nbs/08_widgets.ipynb #1a6f3e88
 def read_log(run_dir) -> pd.DataFrame:
@@ -46,7 +38,6 @@ def read_log(run_dir) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
-
 # %% ../nbs/08_widgets.ipynb #0c5d1f27
 _COMPONENTS = ("cosine", "similarity", "triplet")  # distillation's loss components
 
@@ -55,12 +46,10 @@ def _loss_columns(df: pd.DataFrame, components: bool) -> list[str]:
     "The loss columns of a log to draw: the total, and with `components` its parts."
     return [c for c in df.columns if c == "loss" or (components and (c.startswith("loss@") or c in _COMPONENTS))]
 
-
 # %% ../nbs/08_widgets.ipynb #9e4c3a61
 def _smooth(y: pd.Series, smoothing: float) -> pd.Series:
     "Exponential moving average of `y` with weight `smoothing` in [0, 1); 0 gives `y` itself."
     return y.ewm(alpha=1 - smoothing).mean() if smoothing else y
-
 
 # %% ../nbs/08_widgets.ipynb #8d0f6b21
 def _fig_ax(ax, figsize: tuple) -> tuple:
@@ -69,18 +58,15 @@ def _fig_ax(ax, figsize: tuple) -> tuple:
         return ax.figure, ax
     return plt.subplots(figsize=figsize)
 
-
 # %% ../nbs/08_widgets.ipynb #2c8e5f47
 def _draw_loss(ax, ax2, df: pd.DataFrame, label: str, several: bool, smoothing: float, components: bool):
     "Draw the loss columns of log `df` on `ax`, and its learning rate on `ax2` unless that is None."
     df = df[df["loss"].notna()]  # evaluation records have no loss
     for c in _loss_columns(df, components):
-        ax.plot(
-            df["step"], _smooth(df[c], smoothing), label=f"{label} {c}" if several else c, lw=2 if c == "loss" else 1
-        )
+        name = f"{label} {c}" if several else c
+        ax.plot(df["step"], _smooth(df[c], smoothing), label=name, lw=2 if c == "loss" else 1)
     if ax2 is not None and "lr" in df:
         ax2.plot(df["step"], df["lr"], ls=":", color="gray", label=f"{label} lr")
-
 
 # %% ../nbs/08_widgets.ipynb #4396c71a
 def plot_loss(
@@ -107,7 +93,6 @@ def plot_loss(
     fig.tight_layout()
     return fig, ax
 
-
 # %% ../nbs/08_widgets.ipynb #4d8f0d79
 def read_eval(run_dir) -> dict[int, dict[int, dict[str, float]]]:
     "The evaluation records of a run's `log.jsonl`: `{step: {dim: {metric: value}}}`, in step order."
@@ -117,7 +102,6 @@ def read_eval(run_dir) -> dict[int, dict[int, dict[str, float]]]:
     rows = df[df["eval"].notna()]
     return {int(r.step): {int(d): m for d, m in r.eval.items()} for r in rows.itertuples()}
 
-
 # %% ../nbs/08_widgets.ipynb #6b9e2f05
 def eval_metrics(run_dir) -> list[str]:
     "The metric names a run was evaluated with (e.g. `ndcg@10`), empty if it never was."
@@ -126,7 +110,6 @@ def eval_metrics(run_dir) -> list[str]:
         return []
     first = next(iter(ev.values()))  # {dim: {metric: value}}
     return sorted(next(iter(first.values())))
-
 
 # %% ../nbs/08_widgets.ipynb #2d6f4b80
 def _draw_eval(ax, ev: dict, metric: str, dims: list[int] | None, label: str, several: bool):
@@ -138,7 +121,6 @@ def _draw_eval(ax, ev: dict, metric: str, dims: list[int] | None, label: str, se
     for d in sorted(dims or first):
         name = f"{label} {d}d" if several else f"{d} dims"
         ax.plot(steps, [ev[s][d][metric] for s in steps], marker=".", label=name)
-
 
 # %% ../nbs/08_widgets.ipynb #4396e1a2
 def plot_eval(
@@ -161,123 +143,6 @@ def plot_eval(
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig, ax
-
-
-# %% ../nbs/08_widgets.ipynb #0a4c7f91
-def _at_dim(res: dict, d: int) -> dict:
-    "The metrics of results `res` at dimension `d`, whether its keys are ints or strings."
-    return res[d] if d in res else res[str(d)]
-
-
-# %% ../nbs/08_widgets.ipynb #7c2a9e40
-def _dim_axis(ax, dims: list[int]):
-    "A log2 x axis of embedding dimensions, ticked at `dims` and labelled with them as plain numbers."
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("embedding dimension")
-    ax.set_xticks(dims)
-    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-    ax.xaxis.set_minor_locator(ticker.NullLocator())
-
-
-# %% ../nbs/08_widgets.ipynb #f2970ec6
-def plot_mrl(
-    results: dict,  # {model label: {dim: {metric: value}}}
-    metric: str = "ndcg@10",  # the retrieval metric to draw
-    ax=None,  # the axes to draw on, else a new figure's
-):
-    "A retrieval metric against the Matryoshka dimension, one line per model: `(fig, ax)`."
-    fig, ax = _fig_ax(ax, (6, 3.5))
-    for label, res in results.items():
-        dims = sorted(int(d) for d in res)
-        if metric not in _at_dim(res, dims[0]):
-            raise KeyError(f"no metric {metric!r}; have {sorted(next(iter(res.values())))}")
-        vals = [_at_dim(res, d)[metric] for d in dims]
-        (line,) = ax.plot(dims, vals, marker="o", label=label)
-        ax.axhline(vals[-1], ls="--", lw=0.8, color=line.get_color())
-    _dim_axis(ax, sorted({int(d) for res in results.values() for d in res}))
-    ax.set_ylabel(metric)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig, ax
-
-
-# %% ../nbs/08_widgets.ipynb #c1bf8438
-def similarity_matrix(
-    model,  # an `Embedding`, or anything with `encode(texts, dim=, normalize=)`
-    queries: list[str],
-    docs: list[str],
-    dim: int | None = None,  # a Matryoshka dimension to truncate to, default: the model's own
-):
-    "Cosine similarities `[len(queries), len(docs)]` of `model` at `dim`."
-    kw = {"dim": dim} if dim else {}
-    q = model.encode(queries, normalize=True, **kw)
-    d = model.encode(docs, normalize=True, **kw)
-    return q @ d.T
-
-
-# %% ../nbs/08_widgets.ipynb #5e3f9a02
-def _short(t: str, n: int) -> str:
-    "`t`, cut to `n` characters with an ellipsis if longer."
-    return t if len(t) <= n else t[: n - 1] + "…"
-
-
-def _heatmap_size(n_queries: int, n_docs: int) -> tuple[float, float]:
-    "Figure size (inches) of a similarity heatmap."
-    return 1.2 + 0.45 * n_docs, 1.2 + 0.4 * n_queries
-
-
-# %% ../nbs/08_widgets.ipynb #6d4a8e17
-def _outline(ax, positives: dict[int, list[int]], highlight: int | None, n_docs: int):
-    "Outline the cells of `positives` (`{query: [docs]}`) in red and frame row `highlight` (if any) in white."
-    for qi, ds in positives.items():
-        for di in ds:
-            ax.add_patch(patches.Rectangle((di - 0.5, qi - 0.5), 1, 1, fill=False, ec="red", lw=2))
-    if highlight is not None:
-        frame = patches.Rectangle((-0.5, highlight - 0.5), n_docs, 1, fill=False, ec="white", lw=1.5, ls="--")
-        ax.add_patch(frame)
-
-
-# %% ../nbs/08_widgets.ipynb #4c1f7b3e
-def _hover(queries: list[str], docs: list[str], sims):
-    "A `format_coord` for a heatmap of `sims`: both full texts and the score of the cell at `(x, y)`."
-
-    def hover(x, y):
-        i, j = round(y), round(x)
-        if not (0 <= i < len(queries) and 0 <= j < len(docs)):
-            return ""
-        return f"q{i}: {queries[i]} | d{j}: {docs[j]} | cos {sims[i, j]:.3f}"
-
-    return hover
-
-
-# %% ../nbs/08_widgets.ipynb #9c4b2d18
-def plot_similarity(
-    model,  # an `Embedding`; unused if `sims` is given
-    queries: list[str],
-    docs: list[str],
-    positives: dict[int, list[int]] | None = None,  # {query index: [positive document indices]}
-    dim: int | None = None,  # a Matryoshka dimension to truncate to
-    title: str | None = None,  # default: "cosine similarity", and the dimension
-    ax=None,  # the axes to draw on, else a new figure's
-    label_chars: int = 32,  # texts are cut to this length in the tick labels
-    highlight: int | None = None,  # a query row to frame
-    sims=None,  # precomputed similarities, else computed with `model`
-):
-    "Heatmap of query × document cosine similarities, positives outlined, texts as labels and on hover: `(fig, ax)`."
-    sims = similarity_matrix(model, queries, docs, dim) if sims is None else np.asarray(sims)
-    fig, ax = _fig_ax(ax, _heatmap_size(len(queries), len(docs)))
-    im = ax.imshow(sims, cmap="viridis", vmin=-0.2, vmax=1.0)
-    _outline(ax, positives or {}, highlight, len(docs))
-    ax.set_yticks(range(len(queries)), [f"{i}: {_short(q, label_chars)}" for i, q in enumerate(queries)], fontsize=7)
-    doc_labels = [f"{_short(d, label_chars)} :{j}" for j, d in enumerate(docs)]
-    ax.set_xticks(range(len(docs)), doc_labels, fontsize=7, rotation=60, ha="right")
-    ax.set_title(title or f"cosine similarity{f' at {dim} dims' if dim else ''}", fontsize=9)
-    ax.format_coord = _hover(queries, docs, sims)
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    return fig, ax
-
 
 # %% ../nbs/08_widgets.ipynb #c6d37148
 class _PlotWidget:
@@ -312,7 +177,6 @@ class _PlotWidget:
     def _ipython_display_(self):
         display(self.widget)
 
-
 # %% ../nbs/08_widgets.ipynb #2a6c0e95
 def _metric_choice(names: list[str], current: str) -> str:
     "The metric to show among `names`: `current` if offered, else `ndcg@10` if offered, else the first."
@@ -320,6 +184,14 @@ def _metric_choice(names: list[str], current: str) -> str:
         return current
     return "ndcg@10" if "ndcg@10" in names else names[0]
 
+# %% ../nbs/08_widgets.ipynb #5b1d9e73
+def _loss_figure(runs, smoothing: float, components: bool, metric: str | None):
+    "The loss curves of `runs` and, if `metric` is given, beside them that evaluation metric against the step."
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(12 if metric else 7, 3.5), squeeze=False)
+    plot_loss(runs, smoothing=smoothing, components=components, ax=axes[0][0])
+    if metric:
+        plot_eval(runs, metric, ax=axes[0][1])
+    return fig
 
 # %% ../nbs/08_widgets.ipynb #3d9a7b5e
 class LossWidget(_PlotWidget):
@@ -351,12 +223,8 @@ class LossWidget(_PlotWidget):
             super().refresh()
 
     def draw(self):
-        with_eval = self.metric.value != "(none)"
-        fig, axes = plt.subplots(1, 2 if with_eval else 1, figsize=(12 if with_eval else 7, 3.5), squeeze=False)
-        plot_loss(self.runs, smoothing=self.smoothing.value, components=self.components.value, ax=axes[0][0])
-        if with_eval:
-            plot_eval(self.runs, self.metric.value, ax=axes[0][1])
-        return fig
+        metric = None if self.metric.value == "(none)" else self.metric.value
+        return _loss_figure(self.runs, self.smoothing.value, self.components.value, metric)
 
     def callback(self, record: dict):
         "Pass as `train(..., callbacks=[widget.callback])` to redraw at each logged step of training in this kernel."
@@ -370,7 +238,6 @@ class LossWidget(_PlotWidget):
     ) -> threading.Thread:
         "Redraw while the runs' `log.jsonl` grow, from a started thread (returned): for runs in launched processes."
         return _watch(_runs(self.runs), self.refresh, interval, idle_stop, until_finished)
-
 
 # %% ../nbs/08_widgets.ipynb #1e7f5a26
 def _log_size(runs: dict) -> int:
@@ -386,7 +253,6 @@ def _finished(run_dir) -> tuple | None:
     except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or being written
         return None
     return (info.get("started"), info["finished"]) if "finished" in info else None
-
 
 # %% ../nbs/08_widgets.ipynb #5a8c3f70
 def _watch(runs: dict, redraw, interval: float, idle_stop: float, until_finished: bool) -> threading.Thread:
@@ -415,12 +281,147 @@ def _watch(runs: dict, redraw, interval: float, idle_stop: float, until_finished
     thread.start()
     return thread
 
+# %% ../nbs/08_widgets.ipynb #0a4c7f91
+def _at_dim(res: dict, d: int) -> dict:
+    "The metrics of results `res` at dimension `d`, whether its keys are ints or strings."
+    return res[d] if d in res else res[str(d)]
+
+# %% ../nbs/08_widgets.ipynb #7c2a9e40
+def _dim_axis(ax, dims: list[int]):
+    "A log2 x axis of embedding dimensions, ticked at `dims` and labelled with them as plain numbers."
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("embedding dimension")
+    ax.set_xticks(dims)
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+# %% ../nbs/08_widgets.ipynb #f2970ec6
+def plot_mrl(
+    results: dict,  # {model label: {dim: {metric: value}}}
+    metric: str = "ndcg@10",  # the retrieval metric to draw
+    ax=None,  # the axes to draw on, else a new figure's
+):
+    "A retrieval metric against the Matryoshka dimension, one line per model: `(fig, ax)`."
+    fig, ax = _fig_ax(ax, (6, 3.5))
+    for label, res in results.items():
+        dims = sorted(int(d) for d in res)
+        if metric not in _at_dim(res, dims[0]):
+            raise KeyError(f"no metric {metric!r}; have {sorted(next(iter(res.values())))}")
+        vals = [_at_dim(res, d)[metric] for d in dims]
+        (line,) = ax.plot(dims, vals, marker="o", label=label)
+        ax.axhline(vals[-1], ls="--", lw=0.8, color=line.get_color())
+    _dim_axis(ax, sorted({int(d) for res in results.values() for d in res}))
+    ax.set_ylabel(metric)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig, ax
+
+# %% ../nbs/08_widgets.ipynb #8d2f0b63
+def eval_results(
+    run_dir,
+    steps: list[int] | None = None,  # the evaluated steps to take, default: the first and the last
+) -> dict[str, dict]:
+    "`{'step N': {dim: {metric: value}}}` of a run's evaluations at `steps`, for `plot_mrl`."
+    ev = read_eval(run_dir)
+    if not ev:
+        raise ValueError(f"{run_dir}: no evaluation records in log.jsonl (set eval_dataset in the config)")
+    steps = steps or sorted({min(ev), max(ev)})
+    missing = [s for s in steps if s not in ev]
+    if missing:
+        raise ValueError(f"{run_dir}: no evaluation at step {missing[0]}; evaluated at {sorted(ev)}")
+    return {f"step {s}": ev[s] for s in steps}
+
+# %% ../nbs/08_widgets.ipynb #6e1b9d07
+class MRLWidget(_PlotWidget):
+    "A retrieval metric against the Matryoshka dimension, one line per model (or evaluation step); choose the metric."
+
+    def __init__(self, results: dict):  # {model label: {dim: {metric: value}}}
+        self.results = results
+        first = next(iter(next(iter(results.values())).values()))
+        names = sorted(first)
+        self.metric = W.Dropdown(options=names, value=_metric_choice(names, "ndcg@10"), description="metric")
+        super().__init__([self.metric])
+
+    def draw(self):
+        return plot_mrl(self.results, self.metric.value)[0]
+
+# %% ../nbs/08_widgets.ipynb #c1bf8438
+def similarity_matrix(
+    model,  # an `Embedding`, or anything with `encode(texts, dim=, normalize=)`
+    queries: list[str],
+    docs: list[str],
+    dim: int | None = None,  # a Matryoshka dimension to truncate to, default: the model's own
+):
+    "Cosine similarities `[len(queries), len(docs)]` of `model` at `dim`."
+    kw = {"dim": dim} if dim else {}
+    q = model.encode(queries, normalize=True, **kw)
+    d = model.encode(docs, normalize=True, **kw)
+    return q @ d.T
+
+# %% ../nbs/08_widgets.ipynb #5e3f9a02
+def _short(t: str, n: int) -> str:
+    "`t`, cut to `n` characters with an ellipsis if longer."
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def _heatmap_size(n_queries: int, n_docs: int) -> tuple[float, float]:
+    "Figure size (inches) of a similarity heatmap."
+    return 1.2 + 0.45 * n_docs, 1.2 + 0.4 * n_queries
+
+# %% ../nbs/08_widgets.ipynb #6d4a8e17
+def _outline(ax, positives: dict[int, list[int]], highlight: int | None, n_docs: int):
+    "Outline the cells of `positives` (`{query: [docs]}`) in red and frame row `highlight` (if any) in white."
+    for qi, ds in positives.items():
+        for di in ds:
+            ax.add_patch(patches.Rectangle((di - 0.5, qi - 0.5), 1, 1, fill=False, ec="red", lw=2))
+    if highlight is not None:
+        frame = patches.Rectangle((-0.5, highlight - 0.5), n_docs, 1, fill=False, ec="white", lw=1.5, ls="--")
+        ax.add_patch(frame)
+
+# %% ../nbs/08_widgets.ipynb #4c1f7b3e
+def _hover(queries: list[str], docs: list[str], sims):
+    "A `format_coord` for a heatmap of `sims`: both full texts and the score of the cell at `(x, y)`."
+
+    def hover(x, y):
+        i, j = round(y), round(x)
+        if not (0 <= i < len(queries) and 0 <= j < len(docs)):
+            return ""
+        return f"q{i}: {queries[i]} | d{j}: {docs[j]} | cos {sims[i, j]:.3f}"
+
+    return hover
+
+# %% ../nbs/08_widgets.ipynb #9c4b2d18
+def plot_similarity(
+    model,  # an `Embedding`; unused if `sims` is given
+    queries: list[str],
+    docs: list[str],
+    positives: dict[int, list[int]] | None = None,  # {query index: [positive document indices]}
+    dim: int | None = None,  # a Matryoshka dimension to truncate to
+    title: str | None = None,  # default: "cosine similarity", and the dimension
+    ax=None,  # the axes to draw on, else a new figure's
+    label_chars: int = 32,  # texts are cut to this length in the tick labels
+    highlight: int | None = None,  # a query row to frame
+    sims=None,  # precomputed similarities, else computed with `model`
+):
+    "Heatmap of query × document cosine similarities, positives outlined, texts as labels and on hover: `(fig, ax)`."
+    sims = similarity_matrix(model, queries, docs, dim) if sims is None else np.asarray(sims)
+    fig, ax = _fig_ax(ax, _heatmap_size(len(queries), len(docs)))
+    im = ax.imshow(sims, cmap="viridis", vmin=-0.2, vmax=1.0)
+    _outline(ax, positives or {}, highlight, len(docs))
+    ax.set_yticks(range(len(queries)), [f"{i}: {_short(q, label_chars)}" for i, q in enumerate(queries)], fontsize=7)
+    doc_labels = [f"{_short(d, label_chars)} :{j}" for j, d in enumerate(docs)]
+    ax.set_xticks(range(len(docs)), doc_labels, fontsize=7, rotation=60, ha="right")
+    ax.set_title(title or f"cosine similarity{f' at {dim} dims' if dim else ''}", fontsize=9)
+    ax.format_coord = _hover(queries, docs, sims)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    return fig, ax
 
 # %% ../nbs/08_widgets.ipynb #0b6d3f92
 def _model_dims(models: dict) -> list[int]:
     "The dimensions of `models`, sorted: each one's Matryoshka dimensions, or its full dimension."
     return sorted({d for m in models.values() for d in (getattr(m, "mrl_dims", None) or [m.dim])})
-
 
 # %% ../nbs/08_widgets.ipynb #6f8a3e5d
 def _ranked_table(name: str, row, docs: list[str], positives: list[int]) -> str:
@@ -433,6 +434,14 @@ def _ranked_table(name: str, row, docs: list[str], positives: list[int]) -> str:
     head = "<tr><th>rank</th><th>cos</th><th>pos</th><th>document</th></tr>"
     return f"<div><b>{html.escape(name)}</b><table>{head}{''.join(cells)}</table></div>"
 
+# %% ../nbs/08_widgets.ipynb #3f7b0e29
+def _heatmaps(panels: dict, queries: list[str], docs: list[str], positives: dict, highlight: int):
+    "Similarity heatmaps side by side, one for each `{title: similarities}` of `panels`, row `highlight` framed."
+    w, h = _heatmap_size(len(queries), len(docs))
+    fig, axes = plt.subplots(1, len(panels), figsize=(w * len(panels), h), squeeze=False)
+    for (title, sims), ax in zip(panels.items(), axes[0]):
+        plot_similarity(None, queries, docs, positives, sims=sims, title=title, highlight=highlight, ax=ax)
+    return fig
 
 # %% ../nbs/08_widgets.ipynb #2c9f7a13
 class SimilarityWidget(_PlotWidget):
@@ -466,48 +475,15 @@ class SimilarityWidget(_PlotWidget):
 
     def draw(self):
         names = list(self.models) if self.model.value == "side by side" else [self.model.value]
-        w, h = _heatmap_size(len(self.queries), len(self.docs))
-        fig, axes = plt.subplots(1, len(names), figsize=(w * len(names), h), squeeze=False)
-        for name, ax in zip(names, axes[0]):
+        panels = {}
+        for name in names:
             sims, d = self.sims(name)
-            title, qi = f"{name}, {d} dims", self.query.value
-            plot_similarity(None, self.queries, self.docs, self.positives, sims=sims, title=title, highlight=qi, ax=ax)
+            panels[f"{name}, {d} dims"] = sims
         self.details.value = self.describe(self.query.value, names)
-        return fig
+        return _heatmaps(panels, self.queries, self.docs, self.positives, self.query.value)
 
     def describe(self, qi: int, names: list[str]) -> str:
         "HTML: the query's full text, and for each model its documents ranked by similarity (positives marked ✓)."
         tables = [_ranked_table(n, self.sims(n)[0][qi], self.docs, self.positives.get(qi, [])) for n in names]
         head = f"<b>query {qi}:</b> {html.escape(self.queries[qi])}"
         return f"{head}<div style='display:flex;gap:2em'>{''.join(tables)}</div>"
-
-
-# %% ../nbs/08_widgets.ipynb #8d2f0b63
-def eval_results(
-    run_dir,
-    steps: list[int] | None = None,  # the evaluated steps to take, default: the first and the last
-) -> dict[str, dict]:
-    "`{'step N': {dim: {metric: value}}}` of a run's evaluations at `steps`, for `plot_mrl`."
-    ev = read_eval(run_dir)
-    if not ev:
-        raise ValueError(f"{run_dir}: no evaluation records in log.jsonl (set eval_dataset in the config)")
-    steps = steps or sorted({min(ev), max(ev)})
-    missing = [s for s in steps if s not in ev]
-    if missing:
-        raise ValueError(f"{run_dir}: no evaluation at step {missing[0]}; evaluated at {sorted(ev)}")
-    return {f"step {s}": ev[s] for s in steps}
-
-
-# %% ../nbs/08_widgets.ipynb #6e1b9d07
-class MRLWidget(_PlotWidget):
-    "A retrieval metric against the Matryoshka dimension, one line per model (or evaluation step); choose the metric."
-
-    def __init__(self, results: dict):  # {model label: {dim: {metric: value}}}
-        self.results = results
-        first = next(iter(next(iter(results.values())).values()))
-        names = sorted(first)
-        self.metric = W.Dropdown(options=names, value=_metric_choice(names, "ndcg@10"), description="metric")
-        super().__init__([self.metric])
-
-    def draw(self):
-        return plot_mrl(self.results, self.metric.value)[0]
