@@ -80,13 +80,21 @@ def _accelerator(cfg: TrainConfig, strategy: str | None, zero_stage: int):
     extra = accelerator_kwargs(
         strategy, zero_stage, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm, launched
     )
-    acc = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        log_with=_tracker(cfg),
-        project_dir=cfg.output_dir,
-        **extra,
-    )
+    try:
+        acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=_tracker(cfg),
+            project_dir=cfg.output_dir,
+            **extra,
+        )
+    except RuntimeError as e:  # accelerate's FSDP plugin (an `accelerate launch` yaml) needs a GPU
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or "no available devices" not in str(e):
+            raise
+        raise ConfigError(
+            "the accelerate config asks for FSDP, which accelerate runs only on GPUs; on CPU processes use "
+            "`embed-nb train --num-processes N --strategy fsdp` (torch's FSDP2 over gloo)"
+        ) from None
     return acc, settings
 
 
