@@ -14,6 +14,7 @@ min_python = cfg['min_python']
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('lora', 'deepspeed')}
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
 
 setuptools.setup(
@@ -30,7 +31,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['embed_nb', 'embed_nb.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={**extras, 'dev': dev_requirements + [r for reqs in extras.values() for r in reqs]},
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

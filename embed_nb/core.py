@@ -16,8 +16,9 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['positive', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError', 'DataError', 'at_least', 'one_of', 'option',
-           'TrainConfig', 'config_keys', 'describe_config', 'coerce', 'load_config', 'parse_overrides']
+__all__ = ['positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError', 'DataError', 'at_least',
+           'one_of', 'option', 'TrainConfig', 'config_keys', 'describe_config', 'coerce', 'load_config',
+           'parse_overrides']
 
 # %% ../nbs/00_core.ipynb #7e681776
 class EmbedNbError(Exception):
@@ -65,6 +66,10 @@ def option(
     "A `TrainConfig` field with its help line and check."
     return field(default=default, metadata={"help": help, "rule": rule, "section": section, "new": new})
 
+# %% ../nbs/00_core.ipynb #2d4ba1a0
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+lora_rule = (lambda v: v is None or set(v) <= set(LORA_KEYS), f"takes only {', '.join(LORA_KEYS)}")
+
 # %% ../nbs/00_core.ipynb #c7672073
 _model = partial(option, section="model")
 _data = partial(option, section="data")
@@ -87,6 +92,12 @@ class TrainConfig:
     train_type: str = _model(
         "train", "train (pair, hard_neg or scored data) or distill (teacher embeddings)", one_of("train", "distill")
     )
+    lora: dict | None = _model(
+        None,
+        "train LoRA adapters (peft) instead of the weights: {r, alpha, dropout, target_modules}",
+        lora_rule,
+        new=True,
+    )
     train_dataset: str | None = _data(
         None,
         "jsonl file in one of the four formats",
@@ -100,6 +111,9 @@ class TrainConfig:
     query_max_len: int = _data(128, "queries are truncated to this many tokens", at_least(1))
     passage_max_len: int = _data(512, "documents are truncated to this many tokens", at_least(1))
     shuffle: bool = _data(True, "shuffle the rows each epoch")
+    query_prompt: str | None = _data(
+        None, "put before every query without its own prompt_for_query (an LLM embedder's instruction)", new=True
+    )
     output_dir: str = _output("./output", "folder of the run: log, checkpoints, model")
     save_on_epoch_end: bool = _output(True, "save a checkpoint after every epoch")
     num_max_checkpoints: int = _output(5, "keep at most this many epoch checkpoints", at_least(1))
@@ -147,6 +161,7 @@ class TrainConfig:
     no_duplicates: bool = _speed(False, "no query or positive twice in a batch (a duplicate is a false negative)")
     cached: bool = _speed(False, "GradCache: a batch of any size in the memory of mini_batch_size rows")
     mini_batch_size: int = _speed(32, "rows embedded at once when cached", at_least(1))
+    gradient_checkpointing: bool = _speed(False, "recompute activations in the backward pass: less memory, more time")
     log_interval: int = _log(10, "log every this many optimizer steps", at_least(1))
     log_with: str | None = _log(
         None, "tensorboard, or wandb when installed", one_of(None, "tensorboard", "wandb", "none")
@@ -232,7 +247,13 @@ def _str(value) -> str:
     return ("yes" if value else "no") if isinstance(value, bool) else str(value)  # yaml 1.1 reads `no` as false
 
 
-_SCALARS = {bool: _bool, int: _int, float: _float, str: _str}
+def _dict(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping such as {{r: 8, alpha: 16}}, got {value!r}")
+    return dict(value)
+
+
+_SCALARS = {bool: _bool, int: _int, float: _float, str: _str, dict: _dict}
 
 # %% ../nbs/00_core.ipynb #851f8bf3
 FIELD_TYPES = typing.get_type_hints(TrainConfig)

@@ -73,14 +73,19 @@ def _text_list(record, key):
         return f"'{key}'[{bad}] must be a non-empty string, got {json.dumps(v[bad])[:60]}"
 
 # %% ../nbs/01_data.ipynb #c5292fbc
-def check_record(record, path, line: int) -> dict:
+def check_record(
+    record,  # one parsed line
+    path,  # the file, for messages
+    line: int,  # its line number
+    query_prompt: str | None = None,  # the prompt of queries without their own `prompt_for_query`
+) -> dict:
     "Validate one parsed jsonl line; return `{query, pos?, neg?, scores?}` with `prompt_for_query` applied."
     fail = lambda problem: DataError(path, line, problem)
     if not isinstance(record, dict):
         raise fail(f"expected a JSON object, got {type(record).__name__}")
     if "query" not in record:
         raise fail(f"missing 'query' (keys present: {', '.join(record) or 'none'})")
-    q, prompt = record["query"], record.get("prompt_for_query") or ""
+    q, prompt = record["query"], record.get("prompt_for_query") or query_prompt or ""
     if not isinstance(q, str) or not q.strip():
         raise fail(f"'query' must be a non-empty string, got {json.dumps(q)[:60]}")
     if not isinstance(prompt, str):
@@ -119,14 +124,14 @@ def read_jsonl(path):
                 raise DataError(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
 
 
-def read_examples(path) -> tuple[str, list[dict]]:
+def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict]]:
     "Read and validate a training jsonl file: `(format, examples)`."
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "file not found")
     fmt, first, examples = None, None, []
     for i, record in read_jsonl(path):
-        ex = check_record(record, path, i)
+        ex = check_record(record, path, i, query_prompt)
         this = detect_format(record)
         if fmt is None:
             fmt, first = this, i
@@ -190,9 +195,10 @@ class EmbeddingDataset(Dataset):
         teacher_vectors=None,  # float32 memmap of teacher embeddings (`distill` format)
         teacher_dim: int | None = None,  # its width; inferred from the file size when None
         seed: int = 0,
+        query_prompt: str | None = None,  # put before queries without their own `prompt_for_query`
     ):
         self.path, self.neg_nums, self.seed, self.epoch = Path(path), neg_nums, seed, 0
-        self.format, self.examples = read_examples(path)
+        self.format, self.examples = read_examples(path, query_prompt)
         self.spec = FORMATS[self.format]
         self.rows = [
             (i, j)

@@ -5,6 +5,7 @@
 # %% ../nbs/04_distributed.ipynb #c938dcf3
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import warnings
@@ -16,8 +17,9 @@ from .core import ConfigError, TrainConfig
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port',
-           'reset_accelerate_state', 'launch_processes', 'check_strategy', 'accelerator_kwargs', 'configure_process',
-           'transformer_layer_classes', 'shard_model', 'full_state_dict']
+           'reset_accelerate_state', 'launch_processes', 'check_strategy', 'accelerator_kwargs',
+           'launched_with_deepspeed', 'configure_process', 'fill_deepspeed_config', 'transformer_layer_classes',
+           'shard_model', 'full_state_dict']
 
 # %% ../nbs/04_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
@@ -121,6 +123,8 @@ def check_strategy(cfg: TrainConfig, strategy: str | None, zero_stage: int = 2, 
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if zero_stage not in (1, 2, 3):
         raise ConfigError(f"zero_stage must be 1, 2 or 3, got {zero_stage!r}")
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("strategy deepspeed needs DeepSpeed: pip install 'embed_nb[deepspeed]'")
     if strategy == "deepspeed" and cfg.cached:
         raise ConfigError(
             "cached (GradCache) back-propagates several times per step, which DeepSpeed's engine does "
@@ -162,15 +166,37 @@ def accelerator_kwargs(
     return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config)}
 
 # %% ../nbs/04_distributed.ipynb #16e9dca8
+def launched_with_deepspeed() -> bool:
+    "Whether `accelerate launch` was given a DeepSpeed config (it tells the processes through the environment)."
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
 def configure_process(strategy: str | None, world_size: int = 1) -> dict:
     "Make the process-wide settings `strategy` needs on this machine; return them (train records them in run.json)."
-    if strategy != "deepspeed" or torch.cuda.is_available():
+    if not (strategy == "deepspeed" or launched_with_deepspeed()) or torch.cuda.is_available():
         return {}
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # as accelerate does for its CPU processes: without it a forked process can hang in its first OpenMP region
     threads = max(1, (os.cpu_count() or 2) // 2 // world_size)
     torch.set_num_threads(threads)
     return {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"], "torch_threads": threads}
+
+# %% ../nbs/04_distributed.ipynb #7f627247
+def fill_deepspeed_config(config: dict, cfg: TrainConfig, world_size: int = 1) -> dict:
+    'Fill the `"auto"` (or missing) values of a DeepSpeed `config` from `cfg`, in place; return what was filled.'
+    values = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "train_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * world_size,
+        "gradient_clipping": cfg.max_grad_norm or 0.0,
+        "zero_allow_untested_optimizer": True,
+    }
+    filled = {k: v for k, v in values.items() if config.get(k, "auto") == "auto"}
+    config.update(filled)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", "auto") == "auto":
+        zero["stage3_gather_16bit_weights_on_model_save"] = filled["stage3_gather_16bit_weights_on_model_save"] = True
+    return filled
 
 # %% ../nbs/04_distributed.ipynb #d0b801b4
 def transformer_layer_classes(model: torch.nn.Module) -> set[str]:

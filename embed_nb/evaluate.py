@@ -48,8 +48,8 @@ def _read_qrels(path) -> dict[str, dict[str, float]]:
     return qrels
 
 # %% ../nbs/06_eval.ipynb #e1cece75
-def load_beir(path, split: str = "test") -> RetrievalData:
-    "Read a BEIR-layout folder: `corpus.jsonl`, `queries.jsonl`, `qrels/{split}.tsv`."
+def load_beir(path, split: str = "test", query_prompt: str | None = None) -> RetrievalData:
+    "Read a BEIR-layout folder: `corpus.jsonl`, `queries.jsonl`, `qrels/{split}.tsv` (`query_prompt` before queries)."
     path = Path(path)
     for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         if not (path / name).is_file():
@@ -58,14 +58,14 @@ def load_beir(path, split: str = "test") -> RetrievalData:
     corpus = {
         str(d["_id"]): f"{d.get('title') or ''} {d['text']}".strip() for _, d in read_jsonl(path / "corpus.jsonl")
     }
-    queries = {str(d["_id"]): d["text"] for _, d in read_jsonl(path / "queries.jsonl")}
+    queries = {str(d["_id"]): (query_prompt or "") + d["text"] for _, d in read_jsonl(path / "queries.jsonl")}
     qrels = _read_qrels(path / f"qrels/{split}.tsv")
     return RetrievalData({q: t for q, t in queries.items() if q in qrels}, corpus, qrels)
 
 # %% ../nbs/06_eval.ipynb #5a16c1be
-def load_jsonl_eval(path) -> RetrievalData:
+def load_jsonl_eval(path, query_prompt: str | None = None) -> RetrievalData:
     "Evaluation data from a training-format jsonl file: every `pos` and `neg` text forms the corpus."
-    fmt, examples = read_examples(path)
+    fmt, examples = read_examples(path, query_prompt)
     if not FORMATS[fmt].documents:
         raise DataError(path, None, "distillation data has no documents to retrieve")
     ids, queries, qrels = {}, {}, {}
@@ -78,9 +78,15 @@ def load_jsonl_eval(path) -> RetrievalData:
     return RetrievalData(queries, {d: t for t, d in ids.items()}, qrels)
 
 # %% ../nbs/06_eval.ipynb #80c905a1
-def load_retrieval_data(path, split: str = "test") -> RetrievalData:
+def load_retrieval_data(
+    path,  # a BEIR folder or a training-format jsonl file
+    split: str = "test",  # the qrels of a BEIR folder
+    query_prompt: str | None = None,  # put before each query (a jsonl line's own `prompt_for_query` wins)
+) -> RetrievalData:
     "A BEIR folder or a training-format jsonl file."
-    return load_beir(path, split) if Path(path).is_dir() else load_jsonl_eval(path)
+    if Path(path).is_dir():
+        return load_beir(path, split, query_prompt)
+    return load_jsonl_eval(path, query_prompt)
 
 # %% ../nbs/06_eval.ipynb #c72e1d2e
 def _dcg(gains) -> float:

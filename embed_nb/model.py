@@ -5,8 +5,10 @@
 # %% ../nbs/03_model.ipynb #101e3ed8
 from __future__ import annotations
 
+import copy
 import json
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,13 +17,15 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import nn
 
+from .core import ConfigError
+
 try:
     from sentence_transformers.sentence_transformer import modules as models  # sentence-transformers >= 6
 except ImportError:
     from sentence_transformers import models
 
 # %% auto #0
-__all__ = ['META_FILE', 'default_model_path', 'make_tiny_model', 'Embedding']
+__all__ = ['META_FILE', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'Embedding']
 
 # %% ../nbs/03_model.ipynb #c52d0cbc
 def default_model_path() -> str:
@@ -75,6 +79,60 @@ def make_tiny_model(
     hf = _save_tiny_bert(path, _tiny_vocab(texts), hidden, layers, seed, dropout)
     word = models.Transformer(str(hf), max_seq_length=128)
     st = SentenceTransformer(modules=[word, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
+    st.save(str(path / "model"))
+    return str(path / "model")
+
+# %% ../nbs/03_model.ipynb #7f45305b
+def _decoder_tokenizer(vocab: list[str], padding_side: str):
+    "A word-level tokenizer over `vocab` that lower-cases, splits on whitespace and ends each text with <|endoftext|>."
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<|endoftext|>"] + vocab
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side=padding_side,
+    )
+
+# %% ../nbs/03_model.ipynb #1f1d7463
+def make_tiny_decoder(
+    path,  # folder to write (created if missing)
+    texts: list[str] = (),  # texts whose words make the vocabulary
+    hidden: int = 32,  # hidden size, and the width of the vectors
+    layers: int = 2,  # decoder layers
+    seed: int = 0,  # seed of the random weights
+    padding_side: str = "left",  # where the tokenizer pads
+) -> str:
+    "Save a small random Qwen2 sentence-transformers model (last-token pooling, normalised) under `path`; return it."
+    from transformers import Qwen2Config, Qwen2Model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = _decoder_tokenizer(sorted({w for t in texts for w in re.findall(r"\w+", t.lower())}), padding_side)
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
+    Qwen2Model(cfg).save_pretrained(path / "hf")
+    tok.save_pretrained(path / "hf")
+    word = models.Transformer(str(path / "hf"), max_seq_length=128)
+    st = SentenceTransformer(modules=[word, models.Pooling(hidden, "lasttoken"), models.Normalize()], device="cpu")
     st.save(str(path / "model"))
     return str(path / "model")
 
@@ -155,6 +213,46 @@ def _encode(
         )
     return vecs.astype(np.float32, copy=False)
 
+# %% ../nbs/03_model.ipynb #f3ec53b3
+def _with_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules=None) -> nn.Module:
+    "`model` frozen, with LoRA adapters on `target_modules` (peft)."
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("lora needs peft: pip install 'embed_nb[lora]'") from None
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = sorted(set(target_modules or []) - names)
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"lora: target_modules {missing} are not in the model; its linear layers: {', '.join(linear)}"
+        )
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
+    try:
+        with warnings.catch_warnings():  # peft asks transformers 5 for a property it has renamed: nothing to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
+    except ValueError as e:  # no default target modules for this kind of model
+        raise ConfigError(f"lora: {e}") from None
+
+
+def _set_inner(transformer: nn.Module, model: nn.Module):
+    "Put `model` in the sentence-transformers `Transformer` module (6.x keeps it in `model`; `auto_model` reads it)."
+    inner = "model" if isinstance(getattr(type(transformer), "auto_model", None), property) else "auto_model"
+    setattr(transformer, inner, model)
+
+
+@contextmanager
+def _merged(transformer: nn.Module, merge: bool = True):
+    "Within the block, `transformer.auto_model` is a copy with its LoRA adapters merged in (when it has any)."
+    adapted = transformer.auto_model
+    if merge and hasattr(adapted, "merge_and_unload"):
+        _set_inner(transformer, copy.deepcopy(adapted).merge_and_unload())
+    try:
+        yield transformer
+    finally:
+        _set_inner(transformer, adapted)
+
 # %% ../nbs/03_model.ipynb #08f300c8
 class Embedding(nn.Module):
     "A sentence-transformers model prepared for contrastive training."
@@ -214,13 +312,34 @@ class Embedding(nn.Module):
         vecs = _encode(self.model, texts, batch_size, prompt, dim, normalize, max_len)
         return vecs if convert_to_numpy else torch.from_numpy(vecs)
 
+    @property
+    def transformer(self) -> nn.Module:
+        "The Hugging Face model inside (a peft model once LoRA adapters are added)."
+        return self.model[0].auto_model
+
+    def add_lora(self, lora: dict) -> Embedding:
+        "Freeze the transformer and train LoRA adapters instead: `{r, alpha, dropout, target_modules}` (peft)."
+        _set_inner(self.model[0], _with_lora(self.transformer, **lora))
+        return self
+
+    def gradient_checkpointing(self) -> Embedding:
+        "Recompute the transformer's activations in the backward pass instead of keeping them: less memory, more time."
+        model, kwargs = self.transformer, {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # its name since transformers 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return self
+
     def save_pretrained(
         self,
         path,  # folder to write (created if missing)
+        merge_lora: bool = True,  # save LoRA adapters merged into the weights: a plain model
     ) -> str:
         "Save as a sentence-transformers folder (plus the trained `mrl_dims` in `embed_nb.json`)."
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save(str(path))
+        with _merged(self.model[0], merge_lora):
+            self.model.save(str(path))
         (path / META_FILE).write_text(json.dumps({"mrl_dims": self.mrl_dims}) + "\n")
         return str(path)

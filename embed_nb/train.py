@@ -26,6 +26,7 @@ from embed_nb.distributed import (
     accelerator_kwargs,
     check_strategy,
     configure_process,
+    fill_deepspeed_config,
     full_state_dict,
     gather_batch,
     launch_processes,
@@ -55,7 +56,7 @@ def _optimizer(model, cfg: TrainConfig):
 def _read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
     "The training rows and the evaluation data (None without `eval_dataset`), both checked."
     dataset = EmbeddingDataset(
-        cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim, cfg.seed
+        cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim, cfg.seed, cfg.query_prompt
     )
     if cfg.train_type == "distill" and not dataset.spec.teacher:
         raise ConfigError(
@@ -64,7 +65,7 @@ def _read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
         )
     if not cfg.eval_dataset:
         return dataset, None
-    eval_data = load_retrieval_data(cfg.eval_dataset)
+    eval_data = load_retrieval_data(cfg.eval_dataset, query_prompt=cfg.query_prompt)
     if not eval_data.queries:
         raise ConfigError(f"{cfg.eval_dataset}: eval_dataset has no query with a relevant document")
     return dataset, eval_data
@@ -95,6 +96,9 @@ def _accelerator(cfg: TrainConfig, strategy: str | None, zero_stage: int):
             "the accelerate config asks for FSDP, which accelerate runs only on GPUs; on CPU processes use "
             "`embed-nb train --num-processes N --strategy fsdp` (torch's FSDP2 over gloo)"
         ) from None
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None and not extra:  # a DeepSpeed config from `accelerate launch`: fill its "auto" values
+        settings["deepspeed_filled"] = fill_deepspeed_config(plugin.deepspeed_config, cfg, launched)
     return acc, settings
 
 
@@ -196,14 +200,15 @@ class Run:
 # %% ../nbs/07_train.ipynb #367a5f5e
 @patch
 def load_model(self: Run) -> Embedding:
-    "The base model, with the Matryoshka (or distillation) head the run trains."
+    "The base model, with the Matryoshka (or distillation) head and the LoRA adapters the run trains."
     teacher = self.dataset.teacher
-    return Embedding.from_pretrained(
+    model = Embedding.from_pretrained(
         self.cfg.model_name_or_path,
         use_mrl=self.cfg.use_mrl,
         mrl_dims=self.cfg.mrl_dims,
         head_dim=teacher.shape[1] if teacher is not None else None,
     )
+    return model.add_lora(self.cfg.lora) if self.cfg.lora is not None else model
 
 
 @patch
@@ -213,6 +218,8 @@ def _build(self: Run, cfg: TrainConfig):
 
     model = self.load_model()
     model.train()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing()
     if cfg.eval_dims and max(cfg.eval_dims) > model.dim:
         raise ConfigError(f"eval_dims: {max(cfg.eval_dims)} exceeds the model's width {model.dim}")
     for m in model.modules():  # the HF pooler is never used by sentence-transformers
@@ -266,8 +273,8 @@ def kind(self: Run) -> str:
 
 @patch(as_prop=True)
 def replicated(self: Run) -> bool:
-    "Whether every process holds the whole model (one process, or DDP)."
-    return self.world == 1 or (self.kind in ("MULTI_CPU", "MULTI_GPU") and not self.fsdp)
+    "Whether every process holds the whole model as plain tensors (one process, or DDP)."
+    return self.kind in ("NO", "MULTI_CPU", "MULTI_GPU") and not self.fsdp  # FSDP, DeepSpeed: gather, even alone
 
 # %% ../nbs/07_train.ipynb #3a63f983
 @patch

@@ -147,3 +147,27 @@ def test_spec_deepspeed_config_matches_the_plugin_embed_nb_builds():
     plugin = accelerator_kwargs("deepspeed", zero_stage=ds["zero_stage"], batch_size=4, max_grad_norm=ds["gradient_clipping"])["deepspeed_plugin"]
     assert plugin.zero_stage == ds["zero_stage"] and plugin.deepspeed_config["gradient_clipping"] == ds["gradient_clipping"]
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4  # "auto" in the yaml: set from the config
+
+@needs_ds
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_processes):
+    """The spec's `accelerate launch --config_file deepspeed_zero2.yaml -m embed_nb.train` on CPU processes: its "auto"
+    values are filled from the config, the run equals one process with the whole batch, and the saved model (Matryoshka
+    Dense head included) loads in plain sentence-transformers."""
+    import os, subprocess, sys
+    extra = dict(use_mrl=True, mrl_dims=[8, 32])
+    train(config(model, "hard_neg", tmp_path / "single", **extra))
+    cfg = tmp_path / "c.yaml"
+    multi = config(model, "hard_neg", tmp_path / "multi", batch_size=8 // num_processes, **extra)
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in multi.items()))
+    exe = Path(sys.executable).parent / "accelerate"
+    r = subprocess.run([str(exe), "launch", "--config_file", str(EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"),
+                        "--num_processes", str(num_processes), "-m", "embed_nb.train", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((tmp_path / "multi" / "run.json").read_text())
+    assert (run["world_size"], run["distributed_type"]) == (num_processes, "DEEPSPEED")
+    assert run["process_settings"]["deepspeed_filled"]["train_micro_batch_size_per_gpu"] == 8 // num_processes
+    assert_same_run(tmp_path / "single", tmp_path / "multi")
+    st = SentenceTransformer(str(tmp_path / "multi" / "model"), device="cpu")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Dense"] and st.encode(["x"]).shape == (1, 32)
