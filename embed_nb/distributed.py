@@ -9,6 +9,7 @@ import importlib.util
 import os
 import socket
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -17,9 +18,9 @@ from .core import ConfigError, TrainConfig
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port',
-           'reset_accelerate_state', 'launch_processes', 'check_strategy', 'accelerator_kwargs',
-           'launched_with_deepspeed', 'configure_process', 'fill_deepspeed_config', 'transformer_layer_classes',
-           'shard_model', 'full_state_dict']
+           'reset_accelerate_state', 'launch_processes', 'one_process_group', 'ensure_process_group',
+           'launch_one_process', 'check_strategy', 'accelerator_kwargs', 'launched_with_deepspeed', 'configure_process',
+           'fill_deepspeed_config', 'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict']
 
 # %% ../nbs/04_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
@@ -113,6 +114,49 @@ def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = Non
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     notebook_launcher(fn, args, num_processes=num_processes, use_port=str(port or free_port()))
 
+# %% ../nbs/04_distributed.ipynb #9650a3f7
+@contextmanager
+def one_process_group():
+    "A torch.distributed environment of one process (rank 0 of 1) within the block; the group is destroyed after."
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def ensure_process_group():
+    "Start the torch.distributed group the environment describes, unless one runs (nccl on GPUs, gloo on CPU)."
+    if not dist.is_initialized() and "MASTER_ADDR" in os.environ:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _child(index: int, fn, args):
+    fn(*args)
+
+
+def launch_one_process(fn, args=()):
+    "Run `fn(*args)` (importable: a function of a module) in one new process with a torch.distributed group of one."
+    import torch.multiprocessing as mp
+
+    reset_accelerate_state(keep_process_group=False)
+    with one_process_group():  # a new process: DeepSpeed keeps process-wide groups a second run could not reuse,
+        mp.start_processes(_child, args=(fn, args), nprocs=1, start_method="spawn")  # and a fork after training hangs
+
 # %% ../nbs/04_distributed.ipynb #4b3e78a7
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
@@ -197,6 +241,22 @@ def fill_deepspeed_config(config: dict, cfg: TrainConfig, world_size: int = 1) -
     if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", "auto") == "auto":
         zero["stage3_gather_16bit_weights_on_model_save"] = filled["stage3_gather_16bit_weights_on_model_save"] = True
     return filled
+
+# %% ../nbs/04_distributed.ipynb #7972d5ca
+@contextmanager
+def no_zero3_init(accelerator):
+    "Within the block, models load whole even when the accelerator runs ZeRO-3."
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # as accelerate left it
 
 # %% ../nbs/04_distributed.ipynb #d0b801b4
 def transformer_layer_classes(model: torch.nn.Module) -> set[str]:

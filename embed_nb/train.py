@@ -26,10 +26,13 @@ from embed_nb.distributed import (
     accelerator_kwargs,
     check_strategy,
     configure_process,
+    ensure_process_group,
     fill_deepspeed_config,
     full_state_dict,
     gather_batch,
+    launch_one_process,
     launch_processes,
+    no_zero3_init,
     reset_accelerate_state,
     shard_model,
 )
@@ -185,9 +188,11 @@ class Run:
         self.cfg, self.strategy = cfg, strategy
         self.dataset, self.eval_data = _read_data(cfg)
         self.acc, settings = _accelerator(cfg, strategy, zero_stage)
+        if strategy == "fsdp":
+            ensure_process_group()  # FSDP by hand shards over a group, of one process too
         self.rank, self.world = _process(self.acc)
         self.main = self.rank == 0
-        self.fsdp = strategy == "fsdp" and self.world > 1
+        self.fsdp = strategy == "fsdp" and torch.distributed.is_initialized()
         self.cross_device = self.world > 1 and cfg.negatives_cross_device is not False
         set_seed(cfg.seed)
         self._build(cfg)
@@ -202,12 +207,13 @@ class Run:
 def load_model(self: Run) -> Embedding:
     "The base model, with the Matryoshka (or distillation) head and the LoRA adapters the run trains."
     teacher = self.dataset.teacher
-    model = Embedding.from_pretrained(
-        self.cfg.model_name_or_path,
-        use_mrl=self.cfg.use_mrl,
-        mrl_dims=self.cfg.mrl_dims,
-        head_dim=teacher.shape[1] if teacher is not None else None,
-    )
+    with no_zero3_init(self.acc):
+        model = Embedding.from_pretrained(
+            self.cfg.model_name_or_path,
+            use_mrl=self.cfg.use_mrl,
+            mrl_dims=self.cfg.mrl_dims,
+            head_dim=teacher.shape[1] if teacher is not None else None,
+        )
     return model.add_lora(self.cfg.lora) if self.cfg.lora is not None else model
 
 
@@ -482,6 +488,9 @@ def launch(
     cfg = load_config(config, **overrides)
     check_strategy(cfg, strategy, zero_stage, num_processes)
     _read_data(cfg)  # data errors are reported here, as clearly as in one process
+    if num_processes == 1 and strategy in ("fsdp", "deepspeed"):  # sharding on one device: a group of one process
+        launch_one_process(_launched_train, (dataclasses.asdict(cfg), strategy, zero_stage))
+        return Path(cfg.output_dir) / "model"
     if num_processes == 1:
         return train(cfg)
     launch_processes(_launched_train, (dataclasses.asdict(cfg), strategy, zero_stage), num_processes)

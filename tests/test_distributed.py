@@ -171,3 +171,26 @@ def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_proc
     assert_same_run(tmp_path / "single", tmp_path / "multi")
     st = SentenceTransformer(str(tmp_path / "multi" / "model"), device="cpu")
     assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Dense"] and st.encode(["x"]).shape == (1, 32)
+
+@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("deepspeed1", marks=needs_ds), pytest.param("deepspeed2", marks=needs_ds),
+                                      pytest.param("deepspeed3", marks=needs_ds)])
+def test_one_process_that_shards_equals_plain_training(model, tmp_path, strategy):
+    "`launch(num_processes=1, strategy=...)` runs the strategy (a group of one process), and trains as plain `train` does."
+    zero_stage = int(strategy[-1]) if strategy.startswith("deepspeed") else 2
+    strategy = strategy.rstrip("123")
+    extra = dict(use_mrl=True, mrl_dims=[8, 32])
+    train(config(model, "hard_neg", tmp_path / "single", **extra))
+    launch(config(model, "hard_neg", tmp_path / "one", **extra), num_processes=1, strategy=strategy, zero_stage=zero_stage)
+    run = json.loads((tmp_path / "one" / "run.json").read_text())
+    assert (run["world_size"], run["strategy"]) == (1, strategy)
+    assert run["distributed_type"] == ("DEEPSPEED" if strategy == "deepspeed" else "MULTI_CPU" if not torch.cuda.is_available() else run["distributed_type"])
+    assert_same_run(tmp_path / "single", tmp_path / "one")
+
+@needs_ds
+def test_zero3_in_bf16_with_a_matryoshka_head(model, tmp_path):
+    "ZeRO-3 in bf16 with the Dense head embed_nb adds: the head used to be the one float32 module among bf16 partitions."
+    launch(config(model, "hard_neg", tmp_path / "z3", use_mrl=True, mrl_dims=[8, 32]), num_processes=1, strategy="deepspeed",
+           zero_stage=3, mixed_precision="bf16")
+    assert np.isfinite(losses(tmp_path / "z3")).all()
+    st = SentenceTransformer(str(tmp_path / "z3" / "model"), device="cpu")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Dense"] and st.encode(["x"]).shape == (1, 32)
