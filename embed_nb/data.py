@@ -51,7 +51,8 @@ FORMATS = {f.name: f for f in [  # in the order they are recognised
                "every pos document, with its grade"),
     DataFormat("hard_neg", "neg",    "{query, pos, neg}",    True,    True,  False, False,  "info_nce",
                "one positive and neg_nums negatives"),
-    DataFormat("pair",     "pos",    "{query, pos}",         True,    False, False, False,  "info_nce", "one positive"),
+    DataFormat("pair",     "pos",    "{query, pos}",         True,    False, False, False,  "info_nce",
+               "one positive"),
     DataFormat("distill",  None,     "{query}",              False,   False, False, True,   "distill",
                "the teacher's vector"),
 ]}
