@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="yaml file (its keys: embed-nb keys)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     t.add_argument("--num-processes", type=int, default=1, help="processes (GPUs, or CPU processes over gloo)")
-    t.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp", "deepspeed"], help="with --num-processes > 1")
+    t.add_argument(
+        "--strategy",
+        default="ddp",
+        choices=["ddp", "fsdp", "deepspeed"],
+        help="ddp, or fsdp / deepspeed (which shard, on one process too)",
+    )
     t.add_argument("--zero-stage", type=int, default=2, choices=[1, 2, 3], help="DeepSpeed ZeRO stage")
     e = sub.add_parser("eval", help="retrieval metrics of a model per Matryoshka dimension")
     e.add_argument("--model", default=None, help="model folder or name (default: the embedded model)")
@@ -171,7 +176,7 @@ def run_train(a) -> Path:
     from embed_nb.train import launch, train
 
     overrides = parse_overrides(a.set)
-    if a.num_processes > 1:
+    if a.num_processes > 1 or a.strategy != "ddp":  # FSDP or DeepSpeed on one process shard too
         saved = launch(a.config, a.num_processes, a.strategy, a.zero_stage, **overrides)
     else:
         saved = train(a.config, **overrides)

@@ -238,7 +238,8 @@ def fill_deepspeed_config(config: dict, cfg: TrainConfig, world_size: int = 1) -
     filled = {k: v for k, v in values.items() if config.get(k, "auto") == "auto"}
     config.update(filled)
     zero = config.setdefault("zero_optimization", {})
-    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save", "auto") == "auto":
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        # embed_nb saves whole models: the ZeRO-3 partitions must be gathered (accelerate writes False by default)
         zero["stage3_gather_16bit_weights_on_model_save"] = filled["stage3_gather_16bit_weights_on_model_save"] = True
     return filled
 

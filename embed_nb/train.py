@@ -424,6 +424,8 @@ def finish(self: Run) -> Path:
     if self.main:
         trained.save_pretrained(self.out / "model")
         extra = {"replicas_max_abs_diff": spread} if spread is not None else {}
+        if torch.cuda.is_available():
+            extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         self.log.finish(
             **extra, finished=time.strftime("%Y-%m-%dT%H:%M:%S"), elapsed_s=round(time.time() - self.started, 2)
         )

@@ -149,8 +149,8 @@ def test_spec_deepspeed_config_matches_the_plugin_embed_nb_builds():
     assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4  # "auto" in the yaml: set from the config
 
 @needs_ds
-@pytest.mark.parametrize("num_processes", [1, 2])
-def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_processes):
+@pytest.mark.parametrize("num_processes,zero_stage", [(1, 2), (2, 2), (1, 3)])
+def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_processes, zero_stage):
     """The spec's `accelerate launch --config_file deepspeed_zero2.yaml -m embed_nb.train` on CPU processes: its "auto"
     values are filled from the config, the run equals one process with the whole batch, and the saved model (Matryoshka
     Dense head included) loads in plain sentence-transformers."""
@@ -162,7 +162,7 @@ def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_proc
     cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in multi.items()))
     exe = Path(sys.executable).parent / "accelerate"
     r = subprocess.run([str(exe), "launch", "--config_file", str(EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"),
-                        "--num_processes", str(num_processes), "-m", "embed_nb.train", "--config", str(cfg)],
+                        "--num_processes", str(num_processes), "--zero_stage", str(zero_stage), "-m", "embed_nb.train", "--config", str(cfg)],
                        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"})
     assert r.returncode == 0, r.stderr[-3000:]
     run = json.loads((tmp_path / "multi" / "run.json").read_text())

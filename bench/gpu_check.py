@@ -1,0 +1,144 @@
+"""Every GPU entry point x strategy x precision at world size 1, plus a ~0.5B-parameter decoder with LoRA and gradient
+checkpointing under ZeRO-2, ZeRO-3 and FSDP: one table (entry point, strategy, precision, ok or the error's first line,
+loss first -> last, peak GPU memory, saved model loads). Random-init weights from configs (no download).
+
+    python bench/gpu_check.py                # on one GPU (bench/gpu_check.sh), within ~8 minutes
+    python bench/gpu_check.py --cpu          # the CPU-capable subset, small shapes: checks the script itself
+"""
+import argparse, json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "example_data"
+
+
+def bert_model(path: Path, small: bool) -> str:
+    "MiniLM-L6 shape (random weights) with the bundled MiniLM tokenizer, as a sentence-transformers folder."
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as m
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from embed_nb.model import default_model_path
+    tok = AutoTokenizer.from_pretrained(str(Path(default_model_path())))
+    hidden, layers = (32, 2) if small else (384, 6)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2 if small else 12,
+                         intermediate_size=4 * hidden)).save_pretrained(path / "hf")
+    tok.save_pretrained(path / "hf")
+    st = SentenceTransformer(modules=[m.Transformer(str(path / "hf"), max_seq_length=128), m.Pooling(hidden, "mean"), m.Normalize()], device="cpu")
+    st.save(str(path / "st"))
+    return str(path / "st")
+
+
+def decoder_model(path: Path, small: bool) -> str:
+    "A Qwen2-0.5B-shaped decoder (random weights; small: the 2-layer test decoder), last-token pooling."
+    from embed_nb.model import make_tiny_decoder
+    texts = [json.loads(l)["query"] for l in open(EXAMPLES / "hard_neg.jsonl")] + [
+        d for l in open(EXAMPLES / "hard_neg.jsonl") for d in json.loads(l)["pos"] + json.loads(l)["neg"]]
+    if small:
+        return make_tiny_decoder(path, texts)
+    from transformers import Qwen2Config, Qwen2Model
+    st_dir = make_tiny_decoder(path, texts, hidden=896)  # tokenizer and pooling; the weights are replaced below
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+    Qwen2Model(cfg).save_pretrained(Path(st_dir))  # the Transformer module's files live at the folder's top
+    return st_dir
+
+
+def run(cmd: list[str], out: Path, timeout: int) -> dict:
+    "Run one entry point; what it did."
+    start = time.time()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        rc, err = r.returncode, r.stderr
+    except subprocess.TimeoutExpired:
+        rc, err = "timeout", f"no end after {timeout} s"
+    row = {"seconds": round(time.time() - start, 1), "ok": rc == 0}
+    if rc != 0:
+        lines = [l for l in err.splitlines() if "Error" in l or "error:" in l] or err.strip().splitlines()[-1:] or [str(rc)]
+        row["error"] = lines[-1].strip()[:160]
+    log = out / "log.jsonl"
+    losses = [json.loads(l)["loss"] for l in log.read_text().splitlines() if '"loss"' in l] if log.is_file() else []
+    if losses:
+        row["loss"] = f"{losses[0]:.3f} -> {losses[-1]:.3f}"
+    run_json = out / "run.json"
+    if run_json.is_file():
+        info = json.loads(run_json.read_text())
+        row["peak_gib"], row["ran as"] = info.get("peak_gpu_memory_gib"), info.get("distributed_type")
+    try:
+        from sentence_transformers import SentenceTransformer
+        row["loads"] = SentenceTransformer(str(out / "model"), device="cpu").encode(["a test"]).shape[1] > 0
+    except Exception as e:  # noqa: BLE001 - the table says what went wrong
+        row["loads"] = False
+        row.setdefault("error", f"load: {type(e).__name__}: {str(e)[:100]}")
+    return row
+
+
+def fsdp_yaml(tmp: Path, version: int) -> Path:
+    import yaml
+    spec = yaml.safe_load((EXAMPLES / "accelerate" / "default_fsdp.yaml").read_text())
+    spec["fsdp_config"]["fsdp_version"] = version
+    if version == 2:  # FSDP2 names its options differently
+        spec["fsdp_config"].pop("fsdp_sharding_strategy", None)
+        spec["fsdp_config"]["fsdp_reshard_after_forward"] = True
+    path = tmp / f"fsdp{version}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cpu", action="store_true", help="the CPU-capable subset with small shapes")
+    p.add_argument("--out", default=None, help="write the table as JSON here")
+    p.add_argument("--timeout", type=int, default=120, help="seconds per run")
+    a = p.parse_args()
+    py, bindir = sys.executable, Path(sys.executable).parent
+    tmp = Path(tempfile.mkdtemp())
+    bert, dec = bert_model(tmp / "bert", a.cpu), decoder_model(tmp / "dec", a.cpu)
+    precisions = ["no", "bf16"] if a.cpu else ["no", "fp16", "bf16"]
+    base = dict(train_dataset=str(EXAMPLES / "hard_neg.jsonl"), neg_nums=3, batch_size=16, max_steps=12, log_interval=1, lr=1e-4,
+                use_mrl=True, mrl_dims=[64, 128, 384] if not a.cpu else [8, 32], save_on_epoch_end=False, query_max_len=32, passage_max_len=64)
+    rows = []
+
+    def case(entry, strategy, precision, model, cmd_for, **extra):
+        out = tmp / f"run{len(rows)}"
+        cfg = tmp / f"cfg{len(rows)}.yaml"
+        cfg.write_text(json.dumps({**base, "model_name_or_path": model, "output_dir": str(out), "mixed_precision": precision, **extra}))
+        row = {"entry point": entry, "strategy": strategy, "precision": precision, **run(cmd_for(cfg), out, a.timeout)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    cpu_env = ["env", "ACCELERATE_USE_CPU=true"] if a.cpu else []
+    launch_py = "import sys, yaml; from embed_nb.train import launch; launch(yaml.safe_load(open(sys.argv[1])), num_processes=1, strategy=sys.argv[2], zero_stage=int(sys.argv[3]))"
+    for precision in precisions:
+        for strategy, zero in [("ddp", 2), ("fsdp", 2), ("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]:
+            name = strategy + (f"-zero{zero}" if strategy == "deepspeed" else "")
+            case("launch()", name, precision, bert, lambda c: [py, "-c", launch_py, str(c), strategy, str(zero)])
+            case("embed-nb train", name, precision, bert, lambda c: [str(bindir / "embed-nb"), "train", "--config", str(c), "--num-processes", "1",
+                                                                      "--strategy", strategy, "--zero-stage", str(zero)])
+        case("torchrun -m embed_nb.train", "ddp", precision, bert, lambda c: [*cpu_env, str(bindir / "torchrun"), "--nproc_per_node", "1", "-m",
+                                                                              "embed_nb.train", "--config", str(c)])
+        for zero in (1, 2, 3):
+            case("accelerate launch (deepspeed_zero2.yaml)", f"deepspeed-zero{zero}", precision, bert,
+                 lambda c: [str(bindir / "accelerate"), "launch", "--config_file", str(EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"),
+                            "--num_processes", "1", "--zero_stage", str(zero), "-m", "embed_nb.train", "--config", str(c)])
+        if not a.cpu:  # accelerate's FSDP plugin needs a GPU
+            for version in (1, 2):
+                case("accelerate launch (default_fsdp.yaml)", f"fsdp{version}", precision, bert,
+                     lambda c: [str(bindir / "accelerate"), "launch", "--config_file", str(fsdp_yaml(tmp, version)), "--num_processes", "1",
+                                "-m", "embed_nb.train", "--config", str(c)])
+    lora = dict(lora={"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, gradient_checkpointing=True,
+                query_prompt="Instruct: find the answer\nQuery: ", use_mrl=False, batch_size=8)
+    for strategy, zero in [("deepspeed", 2), ("deepspeed", 3), ("fsdp", 2)]:
+        name = "decoder+LoRA " + strategy + (f"-zero{zero}" if strategy == "deepspeed" else "")
+        case("launch()", name, "no" if a.cpu else "bf16", dec, lambda c: [py, "-c", launch_py, str(c), strategy, str(zero)], **lora)
+    cols = ["entry point", "strategy", "precision", "ran as", "ok", "loss", "peak_gib", "loads", "seconds", "error"]
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+    sys.exit(0 if all(r["ok"] and r.get("loads") for r in rows) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The GPU check of issue 10: every entry point x strategy x precision at world size 1 and a ~0.5B decoder with LoRA,
+# on one GPU, offline; prints one table and writes bench/results/gpu_check.json. CI never runs it.
+#   bench/gpu_check.sh            # needs a CUDA torch, embed_nb[dev] (deepspeed, peft) installed: no network used
+#   bench/gpu_check.sh --cpu      # the CPU-capable subset with small shapes (checks the script, not the GPU paths)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ "${1:-}" != "--cpu" ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
+fi
+mkdir -p bench/results
+exec "$PY" bench/gpu_check.py --out "bench/results/gpu_check${1:+_cpu}.json" "$@"
