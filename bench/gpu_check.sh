@@ -3,6 +3,7 @@
 # on one GPU, offline; prints one table and writes bench/results/gpu_check.json. CI never runs it.
 #   bench/gpu_check.sh            # needs a CUDA torch, embed_nb[dev] (deepspeed, peft) installed: no network used
 #   bench/gpu_check.sh --cpu      # the CPU-capable subset with small shapes (checks the script, not the GPU paths)
+# PYTHON picks the interpreter (default python3; from a checkout set up by make: PYTHON=.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
