@@ -67,7 +67,7 @@ def option(
     return field(default=default, metadata={"help": help, "rule": rule, "section": section, "new": new})
 
 # %% ../nbs/00_core.ipynb #2d4ba1a0
-LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "merge")
 lora_rule = (lambda v: v is None or set(v) <= set(LORA_KEYS), f"takes only {', '.join(LORA_KEYS)}")
 
 # %% ../nbs/00_core.ipynb #c7672073
@@ -94,7 +94,7 @@ class TrainConfig:
     )
     lora: dict | None = _model(
         None,
-        "train LoRA adapters (peft) instead of the weights: {r, alpha, dropout, target_modules}",
+        "train LoRA adapters (peft) instead of the weights: {r, alpha, dropout, target_modules, merge}",
         lora_rule,
         new=True,
     )

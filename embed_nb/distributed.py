@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -20,7 +22,8 @@ from .core import ConfigError, TrainConfig
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port',
            'reset_accelerate_state', 'launch_processes', 'one_process_group', 'ensure_process_group',
            'launch_one_process', 'check_strategy', 'accelerator_kwargs', 'launched_with_deepspeed', 'configure_process',
-           'fill_deepspeed_config', 'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict']
+           'fill_deepspeed_config', 'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict',
+           'check_fsdp_layers']
 
 # %% ../nbs/04_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
@@ -287,3 +290,40 @@ def full_state_dict(model: torch.nn.Module) -> dict:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, StateDictOptions
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+# %% ../nbs/04_distributed.ipynb #6c0e3a42
+def _hf_folder(model_path: str) -> str:
+    "The folder (or hub name) of the Hugging Face model inside a sentence-transformers model."
+    modules = Path(model_path) / "modules.json"
+    if not modules.is_file():
+        return model_path
+    for m in json.loads(modules.read_text()):
+        if m.get("type", "").endswith("Transformer"):
+            return str(Path(model_path) / m.get("path", ""))
+    return model_path
+
+
+def check_fsdp_layers(model_path: str | None, names: str | None = None):
+    "Raise ConfigError when the FSDP layer classes `accelerate launch` was given are not layers of the model."
+    if names is None:  # accelerate launch passes the yaml's fsdp_transformer_layer_cls_to_wrap through the environment
+        names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        return
+    from transformers import AutoConfig, AutoModel
+
+    from embed_nb.model import default_model_path
+
+    model_path = str(model_path or default_model_path())
+    try:
+        config = AutoConfig.from_pretrained(_hf_folder(model_path))
+    except (OSError, ValueError):
+        return  # loading the model reports what is wrong with it
+    with torch.device("meta"):
+        hf = AutoModel.from_config(config)
+    missing = [n for n in wanted if n not in {type(m).__name__ for m in hf.modules()}]
+    if missing:
+        raise ConfigError(
+            f"fsdp_transformer_layer_cls_to_wrap: {', '.join(missing)} is not a layer of {model_path}; "
+            f"its layer class is {', '.join(sorted(transformer_layer_classes(hf)))}: set that in the accelerate yaml"
+        )

@@ -319,7 +319,7 @@ class Embedding(nn.Module):
 
     def add_lora(self, lora: dict) -> Embedding:
         "Freeze the transformer and train LoRA adapters instead: `{r, alpha, dropout, target_modules}` (peft)."
-        _set_inner(self.model[0], _with_lora(self.transformer, **lora))
+        _set_inner(self.model[0], _with_lora(self.transformer, **{k: v for k, v in lora.items() if k != "merge"}))
         return self
 
     def gradient_checkpointing(self) -> Embedding:

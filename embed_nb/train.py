@@ -24,6 +24,7 @@ from .core import ConfigError, EmbedNbError, TrainConfig, load_config, parse_ove
 from .data import EmbeddingDataset, make_loader
 from embed_nb.distributed import (
     accelerator_kwargs,
+    check_fsdp_layers,
     check_strategy,
     configure_process,
     ensure_process_group,
@@ -185,6 +186,7 @@ class Run:
         from accelerate.utils import set_seed
 
         check_strategy(cfg, strategy, zero_stage)
+        check_fsdp_layers(cfg.model_name_or_path)  # the layers an FSDP yaml names, before accelerate starts
         self.cfg, self.strategy = cfg, strategy
         self.dataset, self.eval_data = _read_data(cfg)
         self.acc, settings = _accelerator(cfg, strategy, zero_stage)
@@ -396,12 +398,18 @@ def evaluate(self: Run, epoch: float):
 
 # %% ../nbs/07_train.ipynb #2154e059
 @patch
+def save_model(self: Run, trained: Embedding, path: Path):
+    "Save `trained` under `path`: LoRA adapters merged in unless the config's `lora` says `merge: false`."
+    trained.save_pretrained(path, merge_lora=(self.cfg.lora or {}).get("merge", True))
+
+
+@patch
 def save_checkpoint(self: Run, epoch: int):
     "Save `checkpoint-epoch-{epoch}`, then delete the oldest beyond `num_max_checkpoints`."
     trained = self.whole_model()
     if not self.main:
         return
-    trained.save_pretrained(self.out / f"checkpoint-epoch-{epoch}")
+    self.save_model(trained, self.out / f"checkpoint-epoch-{epoch}")
     ckpts = sorted(self.out.glob("checkpoint-epoch-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     for old in ckpts[: max(len(ckpts) - self.cfg.num_max_checkpoints, 0)]:
         shutil.rmtree(old)
@@ -422,7 +430,7 @@ def finish(self: Run) -> Path:
     trained = self.whole_model()
     spread = self._replica_spread() if self.world > 1 and self.replicated else None
     if self.main:
-        trained.save_pretrained(self.out / "model")
+        self.save_model(trained, self.out / "model")
         extra = {"replicas_max_abs_diff": spread} if spread is not None else {}
         if torch.cuda.is_available():
             extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)

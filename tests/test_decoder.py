@@ -31,6 +31,18 @@ def test_lora_trains_only_the_adapters_and_saves_a_plain_model(decoder, tmp_path
     assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in moved), moved
     assert not (saved / "adapter_config.json").exists()
 
+def test_lora_merge_false_saves_the_adapters_alone(decoder, tmp_path):
+    saved = train(config(decoder, tmp_path / "run", max_steps=2, lora={**LORA, "merge": False}))
+    assert (saved / "adapter_config.json").exists() and not (saved / "model.safetensors").exists()
+    from safetensors.torch import load_file
+    adapters = load_file(saved / "adapter_model.safetensors")
+    assert adapters and all("lora_" in k for k in adapters)
+    plain = train(config(decoder, tmp_path / "merged", max_steps=2))  # the same run, merged
+    texts = ["the cat sat", "a dog"]
+    got = SentenceTransformer(str(saved), device="cpu").encode(texts)
+    want = SentenceTransformer(str(plain), device="cpu").encode(texts)
+    assert abs(got - want).max() < 1e-5
+
 def test_query_prompt_reaches_the_queries(decoder, tmp_path):
     from embed_nb.data import EmbeddingDataset
     ds = EmbeddingDataset(EXAMPLES / "hard_neg.jsonl", query_prompt="instruct find the answer ")
@@ -53,3 +65,18 @@ def test_two_processes_equal_one(decoder, tmp_path, strategy):
     assert_same_run(tmp_path / "single", tmp_path / "multi")
     start, end = weights(decoder), weights(tmp_path / "multi" / "model")
     assert max((end[k] - start[k]).abs().max().item() for k in start) > 1e-4  # the adapters learned
+
+def test_spec_fsdp_yaml_on_a_decoder_names_the_layer_key(decoder, tmp_path):
+    "The spec's FSDP yaml wraps BertLayer; a Qwen2 decoder has none: one line naming the key and the model's layer."
+    import os, subprocess, sys
+    from pathlib import Path
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config(decoder, tmp_path / "out", max_steps=2).items()))
+    exe = Path(sys.executable).parent / "accelerate"
+    r = subprocess.run([str(exe), "launch", "--config_file", str(EXAMPLES / "accelerate" / "default_fsdp.yaml"), "--num_processes", "1",
+                        "-m", "embed_nb.train", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    # the process exits 2 with one line; accelerate's launcher (torch elastic) then adds its own report and exits 1
+    assert r.returncode != 0 and "(exitcode: 2)" in r.stderr, r.stderr[-3000:]
+    first = r.stderr.split("embed-nb: error: ", 1)[1].splitlines()[0]
+    assert first.startswith("fsdp_transformer_layer_cls_to_wrap: BertLayer is not a layer of") and "its layer class is Qwen2DecoderLayer" in first
+    assert not (tmp_path / "out").exists()
