@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import shutil
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,13 +19,16 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError', 'DataError', 'at_least',
-           'one_of', 'option', 'TrainConfig', 'config_keys', 'describe_config', 'coerce', 'load_config',
-           'parse_overrides']
+__all__ = ['INCOMPLETE', 'positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError',
+           'DataError', 'RunStopped', 'atomic_write', 'begin_folder', 'publish_folder', 'atomic_folder',
+           'recover_folder', 'check_complete', 'at_least', 'one_of', 'option', 'TrainConfig', 'config_keys',
+           'describe_config', 'coerce', 'load_config', 'parse_overrides']
 
 # %% ../nbs/00_core.ipynb #7e681776
 class EmbedNbError(Exception):
-    "A mistake in the user's data or configuration (the CLI prints it and exits with code 2)."
+    "A mistake in the user's data or configuration (the CLI prints it and exits with `exit_code`, 2)."
+
+    exit_code = 2
 
 
 class ConfigError(EmbedNbError):
@@ -35,6 +41,85 @@ class DataError(EmbedNbError):
     def __init__(self, path, line: int | None, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
         super().__init__(f"{self.path}:{line}: {problem}" if line else f"{self.path}: {problem}")
+
+
+class RunStopped(EmbedNbError):
+    "A run that stopped before its end: a signal (exit 130 or 143) or a non-finite loss (exit 1)."
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+# %% ../nbs/00_core.ipynb #3c5a8e11
+INCOMPLETE = "INCOMPLETE"
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+def atomic_write(path, text: str) -> Path:
+    "Write `text` to `path` through a temporary sibling renamed into place."
+    path = Path(path)
+    tmp = _sibling(path, "tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def begin_folder(tmp) -> Path:
+    "An empty folder `tmp`, marked incomplete."
+    tmp = Path(tmp)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / INCOMPLETE).write_text("a save was interrupted: this folder is not a usable model\n")
+    return tmp
+
+
+def publish_folder(tmp, path) -> Path:
+    "Mark `tmp` complete and put it at `path`, replacing what was there (kept aside until the new one is in place)."
+    tmp, path = Path(tmp), Path(path)
+    (tmp / INCOMPLETE).unlink()
+    old = _sibling(path, "old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+@contextmanager
+def atomic_folder(path):
+    "Fill the yielded temporary folder; at the end it replaces `path` whole (the old one is kept until then)."
+    tmp = begin_folder(_sibling(Path(path), "tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_folder(tmp, path)
+
+
+def recover_folder(path) -> Path:
+    "Put back the complete `path` a save moved aside, if a kill came between its two renames."
+    path = Path(path)
+    if not path.exists():
+        for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+            if not (old / INCOMPLETE).exists():
+                os.replace(old, path)
+                break
+    return path
+
+
+def check_complete(path):
+    "Raise ConfigError when `path` is a folder a save did not finish."
+    if (Path(path) / INCOMPLETE).exists():
+        raise ConfigError(f"{path}: incomplete, a save was interrupted: use a complete model or checkpoint")
 
 # %% ../nbs/00_core.ipynb #6cd45c03
 def _each(test):
@@ -116,7 +201,16 @@ class TrainConfig:
     )
     output_dir: str = _output("./output", "folder of the run: log, checkpoints, model")
     save_on_epoch_end: bool = _output(True, "save a checkpoint after every epoch")
-    num_max_checkpoints: int = _output(5, "keep at most this many epoch checkpoints", at_least(1))
+    num_max_checkpoints: int = _output(5, "keep at most this many checkpoints of the run (the newest)", at_least(1))
+    save_steps: int | None = _output(
+        None, "also save a resumable checkpoint every this many optimizer steps", at_least(1), new=True
+    )
+    resume_from_checkpoint: str | None = _output(
+        None, "auto (the newest checkpoint in output_dir, if any) or a checkpoint folder: go on from there", new=True
+    )
+    overwrite_output_dir: bool = _output(
+        False, "start afresh in an output_dir holding a run (its model, checkpoints and logs are deleted)", new=True
+    )
     temperature: float = _optim(0.02, "InfoNCE and KL logits are cosine / temperature", positive)
     score_temperature: float | None = _optim(
         None, "temperature of the grades of scored data; None: temperature", positive, new=True

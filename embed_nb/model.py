@@ -17,7 +17,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import nn
 
-from .core import ConfigError
+from .core import ConfigError, atomic_folder, check_complete
 
 try:
     from sentence_transformers.sentence_transformer import modules as models  # sentence-transformers >= 6
@@ -25,7 +25,7 @@ except ImportError:
     from sentence_transformers import models
 
 # %% auto #0
-__all__ = ['META_FILE', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'Embedding']
+__all__ = ['META_FILE', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite', 'Embedding']
 
 # %% ../nbs/03_model.ipynb #c52d0cbc
 def default_model_path() -> str:
@@ -169,6 +169,11 @@ def _fit_dims(dims: list[int] | None, width: int) -> list[int]:
     return sorted({d for d in (dims or [width]) if d <= width}) or [width]
 
 
+def nonfinite(model: nn.Module) -> str | None:
+    "The name of a parameter of `model` holding nan or inf, if any."
+    return next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+
+
 def _saved_dims(path: str) -> list[int] | None:
     "The `mrl_dims` saved with a model in folder `path`, if any."
     meta = Path(path) / META_FILE
@@ -273,7 +278,11 @@ class Embedding(nn.Module):
     ) -> Embedding:
         "Load a sentence-transformers model, with a Matryoshka Dense head when `use_mrl`."
         path = str(name_or_path or default_model_path())
+        check_complete(path)
         st = SentenceTransformer(path, device=device, **kwargs)
+        bad = nonfinite(st)
+        if bad:
+            raise ConfigError(f"{path}: holds non-finite weights (nan or inf), e.g. in {bad}: a run that diverged")
         if not (use_mrl or head_dim):
             return cls(st, _saved_dims(path))
         width = _add_mrl_head(st, head_dim or (max(mrl_dims) if mrl_dims else None), device)
@@ -335,11 +344,18 @@ class Embedding(nn.Module):
         self,
         path,  # folder to write (created if missing)
         merge_lora: bool = True,  # save LoRA adapters merged into the weights: a plain model
+        meta: dict | None = None,  # more to record in `embed_nb.json`
     ) -> str:
-        "Save as a sentence-transformers folder (plus the trained `mrl_dims` in `embed_nb.json`)."
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        with _merged(self.model[0], merge_lora):
-            self.model.save(str(path))
-        (path / META_FILE).write_text(json.dumps({"mrl_dims": self.mrl_dims}) + "\n")
+        "Save as a sentence-transformers folder (plus the trained `mrl_dims` in `embed_nb.json`), atomically."
+        with atomic_folder(path) as tmp:
+            self.write(tmp, merge_lora, meta)
         return str(path)
+
+    def write(self, folder, merge_lora: bool = True, meta: dict | None = None):
+        "Write the model's files into `folder` (`save_pretrained` without the atomic rename)."
+        bad = nonfinite(self)
+        if bad:
+            raise ConfigError(f"not saving a model with non-finite weights (nan or inf), e.g. in {bad}")
+        with _merged(self.model[0], merge_lora):
+            self.model.save(str(folder))
+        (Path(folder) / META_FILE).write_text(json.dumps({"mrl_dims": self.mrl_dims, **(meta or {})}) + "\n")
