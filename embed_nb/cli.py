@@ -103,14 +103,13 @@ def demo(output_dir="runs/demo", data=None, model: str | None = None, **override
     from embed_nb.widgets import read_eval
 
     data = find_example_data(data)
-    cfg = load_config(
-        data / "configs" / "demo.yaml",
-        output_dir=str(output_dir),
-        train_dataset=str(data / "hard_neg.jsonl"),
-        eval_dataset=str(data / "eval"),
-        **({"model_name_or_path": model} if model else {}),
-        **overrides,
+    fixed = dict(
+        output_dir=str(output_dir), train_dataset=str(data / "hard_neg.jsonl"), eval_dataset=str(data / "eval")
     )
+    if model:
+        fixed["model_name_or_path"] = model
+    # the demo is run again and again: it replaces its previous run unless told otherwise
+    cfg = load_config(data / "configs" / "demo.yaml", **{**fixed, "overwrite_output_dir": True, **overrides})
     held_out = load_retrieval_data(cfg.eval_dataset)
     print(f"held-out: {held_out}; training on {cfg.train_dataset}")
     start = time.time()
@@ -154,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="ddp, or fsdp / deepspeed (which shard, on one process too)",
     )
     t.add_argument("--zero-stage", type=int, default=2, choices=[1, 2, 3], help="DeepSpeed ZeRO stage")
+    t.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in output_dir")
+    t.add_argument("--overwrite", action="store_true", help="start afresh in an output_dir that holds a run")
     e = sub.add_parser("eval", help="retrieval metrics of a model per Matryoshka dimension")
     e.add_argument("--model", default=None, help="model folder or name (default: the embedded model)")
     e.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a jsonl file")
@@ -176,6 +177,12 @@ def run_train(a) -> Path:
     from embed_nb.train import launch, train
 
     overrides = parse_overrides(a.set)
+    if a.resume:
+        overrides["resume_from_checkpoint"] = "auto"
+    if a.overwrite:
+        overrides["overwrite_output_dir"] = True
+    if a.num_processes < 1:
+        raise EmbedNbError(f"--num-processes must be at least 1, got {a.num_processes}")
     if a.num_processes > 1 or a.strategy != "ddp":  # FSDP or DeepSpeed on one process shard too
         saved = launch(a.config, a.num_processes, a.strategy, a.zero_stage, **overrides)
     else:
@@ -212,9 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         commands[a.command](a)
-    except EmbedNbError as e:
-        print(f"embed-nb: error: {e}", file=sys.stderr)
-        return 2
+    except EmbedNbError as e:  # a mistake (exit 2), or a run that stopped (a signal: 130 / 143; nan: 1)
+        print(f"embed-nb: {'stopped' if e.exit_code != 2 else 'error'}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("embed-nb: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 # %% ../nbs/09_cli.ipynb #d668b0bb

@@ -407,9 +407,12 @@ class BatchSampler:
         self.group = group_by_length and self.lengths is not None
         self.mega_batch, self.keys, self.drop_last = mega_batch, keys, drop_last
         self.world_size, self.rank = world_size, rank
-        self.global_size, self._drawn = batch_size * world_size, None
+        self.global_size, self._drawn, self.skip = batch_size * world_size, None, 0
 
     def set_epoch(self, epoch: int):
+        "Draw the batches of `epoch`; a new epoch starts at its first batch (`skip`: after a resumed run's first few)."
+        if epoch != self.epoch:
+            self.skip = 0
         self.epoch = epoch
 
     def global_batches(self) -> list[list[int]]:
@@ -437,11 +440,12 @@ class BatchSampler:
         return batches
 
     def __iter__(self):
-        for b in self.global_batches():
+        skip, self.skip = self.skip, 0
+        for b in self.global_batches()[skip:]:
             yield np.array_split(np.array(b), self.world_size)[self.rank].tolist() if self.world_size > 1 else b
 
     def __len__(self):
-        return len(self.global_batches())
+        return len(self.global_batches()) - self.skip
 
 # %% ../nbs/01_data.ipynb #5a611830
 def padding_fraction(batches, lengths) -> float:

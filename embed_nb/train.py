@@ -11,16 +11,33 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
+import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import ConfigError, EmbedNbError, TrainConfig, load_config, parse_overrides
+from embed_nb.core import (
+    INCOMPLETE,
+    ConfigError,
+    EmbedNbError,
+    RunStopped,
+    TrainConfig,
+    atomic_write,
+    begin_folder,
+    check_complete,
+    load_config,
+    parse_overrides,
+    publish_folder,
+    recover_folder,
+)
 from .data import EmbeddingDataset, make_loader
 from embed_nb.distributed import (
     accelerator_kwargs,
@@ -44,7 +61,7 @@ from .losses import make_loss
 from .model import Embedding
 
 # %% auto #0
-__all__ = ['RunLog', 'Run', 'train', 'launch', 'main']
+__all__ = ['LOCK', 'STATE', 'RESUME_FREE', 'checkpoints', 'Claim', 'claim_output', 'RunLog', 'Run', 'train', 'launch', 'main']
 
 # %% ../nbs/07_train.ipynb #71b1eaee
 def _optimizer(model, cfg: TrainConfig):
@@ -73,6 +90,148 @@ def _read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
     if not eval_data.queries:
         raise ConfigError(f"{cfg.eval_dataset}: eval_dataset has no query with a relevant document")
     return dataset, eval_data
+
+# %% ../nbs/07_train.ipynb #0b7a3c11
+LOCK, STATE = ".lock", "trainer_state"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # somebody else's process
+    return True
+
+
+def checkpoints(out, run_id: str | None = None) -> list[Path]:
+    "The complete checkpoints in `out` (of run `run_id` when given), oldest first."
+    found = []
+    for p in Path(out).glob("checkpoint-*"):
+        meta = p / "embed_nb.json"
+        if p.is_dir() and meta.is_file() and not (p / INCOMPLETE).exists():
+            m = json.loads(meta.read_text())
+            if run_id is None or m.get("run_id") == run_id:
+                found.append((m.get("step", 0), m.get("position", [0, 0]), p.name, p))
+    return [p for *_, p in sorted(found)]
+
+
+def _run_state(out: Path) -> str:
+    "What `out` holds: 'finished', 'unfinished' (a run that stopped, or is going) or 'none'."
+    run = out / "run.json"
+    if run.is_file():
+        try:
+            return "finished" if "finished" in json.loads(run.read_text()) else "unfinished"
+        except ValueError:
+            return "unfinished"
+    if (out / "model").exists():
+        return "finished"
+    return "unfinished" if any(out.glob("checkpoint-*")) or (out / "log.jsonl").exists() else "none"
+
+
+def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
+    "The checkpoint to resume from: the one named, the newest resumable one in `out` (auto), or None."
+    want = cfg.resume_from_checkpoint
+    if not want:
+        return None
+    if want != "auto":
+        p = Path(want)
+        check_complete(p)
+        if not (p / STATE / "progress.json").is_file():
+            raise ConfigError(f"resume_from_checkpoint: {p} is not a checkpoint to resume from (no {STATE}/)")
+        return p
+    return next((p for p in reversed(checkpoints(out)) if (p / STATE / "progress.json").is_file()), None)
+
+
+def _take_lock(out: Path):
+    "Create `out/.lock` for this process, or raise ConfigError while another live run holds it."
+    lock, me = out / LOCK, {"pid": os.getpid(), "host": platform.node()}
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            other = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            other = {}
+        if other.get("host") == me["host"] and not _alive(int(other.get("pid", 0))):
+            atomic_write(lock, json.dumps(me))  # a stale lock: its process is gone
+            return
+        where = f"pid {other.get('pid')} on {other.get('host')}"
+        raise ConfigError(
+            f"output_dir {out} is in use by a run going on ({where}): wait for it, or choose another output_dir "
+            f"(if no run is going, delete {lock})"
+        ) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(me))
+
+
+def _clear_run(out: Path):
+    "Delete what a previous run left in `out`: model, checkpoints, logs."
+    for p in [out / "model", *out.glob("checkpoint-*"), out / "tensorboard", out / "embed_nb"]:
+        if p.is_dir():
+            shutil.rmtree(p)
+    for name in ("run.json", "log.jsonl"):
+        (out / name).unlink(missing_ok=True)
+
+
+class Claim:
+    "A run's hold on its `output_dir`: the checkpoint it resumes from (or None), and the lock to release."
+
+    def __init__(self, out: Path, resume: Path | None, locked: bool, created: bool):
+        self.out, self.resume, self.locked, self.created = out, resume, locked, created
+
+    def release(self):
+        "Let go of the lock (and of the folder, when this run created it and left nothing in it)."
+        if self.locked:
+            (self.out / LOCK).unlink(missing_ok=True)
+            self.locked = False
+            if self.created and self.out.is_dir() and not any(self.out.iterdir()):
+                self.out.rmdir()
+
+
+def claim_output(cfg: TrainConfig, take: bool = True, follow: bool = False) -> Claim:
+    "Check `output_dir` before anything loads; `take` (the main process): lock it, clear it if asked; `follow`: neither."
+    out = Path(cfg.output_dir)
+    if follow:  # another process of the run: the main process checks and holds the folder
+        return Claim(out, _resume_point(cfg, out), False, False)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: {out} is a file, not a folder")
+    if (out / "model").exists() and not (out / "model").is_dir():
+        raise ConfigError(f"output_dir: {out / 'model'} is a file, where the run would save its model")
+    state = _run_state(out) if out.is_dir() else "none"
+    resume = _resume_point(cfg, out)
+    if state == "finished" and cfg.resume_from_checkpoint == "auto" and not cfg.overwrite_output_dir:
+        raise ConfigError(
+            f"output_dir {out} holds a finished run: nothing to resume (overwrite_output_dir: true trains again)"
+        )
+    if state != "none" and not (cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
+        raise ConfigError(
+            f"output_dir {out} holds {'a finished' if state == 'finished' else 'an unfinished'} run: "
+            "resume_from_checkpoint: auto (--resume) goes on from its last checkpoint, overwrite_output_dir: true "
+            "(--overwrite) starts afresh, or choose another output_dir"
+        )
+    created = not out.exists()
+    if not take:
+        if out.is_dir() and (out / LOCK).exists():
+            _take_lock(out)  # refuses while a live run holds it ...
+            (out / LOCK).unlink()  # ... and this was a stale lock, gone now
+        return Claim(out, resume, False, created)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / ".write-test", "").unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot write in {out}: {e.strerror}") from None
+    _take_lock(out)
+    claim = Claim(out, resume, True, created)
+    recover_folder(out / "model")
+    for c in [out / "model", *out.glob("checkpoint-*")]:
+        recover_folder(c)
+    for tmp in out.glob(".*.tmp*"):  # left by a killed save: this run holds the lock, nobody else writes here
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+    if resume is None and state != "none":
+        _clear_run(out)  # overwrite_output_dir, or resume of a run that left no checkpoint: start afresh
+    return claim
 
 # %% ../nbs/07_train.ipynb #24f7f656
 def _accelerator(cfg: TrainConfig, strategy: str | None, zero_stage: int):
@@ -131,22 +290,28 @@ class RunLog:
 
     def __init__(self, out: Path, acc, main: bool, callbacks=()):
         self.out, self.acc, self.main, self.callbacks, self.run = Path(out), acc, main, list(callbacks), {}
+        self.lines = 0  # records in log.jsonl
 
-    def start(self, run: dict):
-        "Write `run.json` and an empty `log.jsonl`; open the tracker."
+    def start(self, run: dict, log_lines: int = 0):
+        "Write `run.json`, start `log.jsonl` (keeping its first `log_lines` records: a resumed run's), open the tracker."
         self.run = dict(run)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_run()
-            (self.out / "log.jsonl").write_text("")
+            log = self.out / "log.jsonl"
+            kept = log.read_text().splitlines(keepends=True)[:log_lines] if log_lines and log.is_file() else []
+            atomic_write(log, "".join(kept))
+            self.lines = len(kept)
         if self.acc.log_with:
             self.acc.init_trackers("tensorboard" if "tensorboard" in str(self.acc.log_with) else "embed_nb")
 
     def write(self, record: dict, scalars: dict):
         "One record: a line of `log.jsonl`, the callbacks, and `scalars` to the tracker at the record's step."
+        record = {**record, "run": self.run.get("run_id")}  # which run wrote it
         if self.main:
             with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record) + "\n")  # one write of one line
+            self.lines += 1
             for cb in self.callbacks:
                 cb(record)
         if self.acc.log_with:
@@ -159,7 +324,7 @@ class RunLog:
             self._write_run()
 
     def _write_run(self):
-        (self.out / "run.json").write_text(json.dumps(self.run, indent=2) + "\n")
+        atomic_write(self.out / "run.json", json.dumps(self.run, indent=2) + "\n")
 
 # %% ../nbs/07_train.ipynb #73750c66
 def _versions() -> dict:
@@ -183,12 +348,21 @@ class Run:
     "A training run, set up: accelerator, model, loss, batches, optimizer, schedule, log; and its progress."
 
     def __init__(self, cfg: TrainConfig, strategy: str | None = None, zero_stage: int = 2, callbacks=()):
-        from accelerate.utils import set_seed
-
         check_strategy(cfg, strategy, zero_stage)
         check_fsdp_layers(cfg.model_name_or_path)  # the layers an FSDP yaml names, before accelerate starts
         self.cfg, self.strategy = cfg, strategy
         self.dataset, self.eval_data = _read_data(cfg)
+        main = int(os.environ.get("RANK", 0)) == 0
+        self.claim = claim_output(cfg, take=main, follow=not main)
+        try:
+            self._setup(cfg, strategy, zero_stage, callbacks)
+        except BaseException:
+            self.claim.release()
+            raise
+
+    def _setup(self, cfg: TrainConfig, strategy: str | None, zero_stage: int, callbacks):
+        from accelerate.utils import set_seed
+
         self.acc, settings = _accelerator(cfg, strategy, zero_stage)
         if strategy == "fsdp":
             ensure_process_group()  # FSDP by hand shards over a group, of one process too
@@ -199,10 +373,14 @@ class Run:
         set_seed(cfg.seed)
         self._build(cfg)
         self.out = Path(cfg.output_dir)
-        self.log = RunLog(self.out, self.acc, self.main, callbacks)
-        self.log.start(self._description(settings))
-        self.bar = tqdm(total=self.total, disable=not self.main, desc="training")
         self.step, self.last_eval, self.sums, self.micro, self.started = 0, None, {}, 0, time.time()
+        self.epoch, self.batch, self.rng, self.flags, self.signal = 0, 0, None, [], None
+        self.run_id, description, log_lines = uuid.uuid4().hex[:12], self._description(settings), 0
+        if self.claim.resume:
+            description, log_lines = self.resume(self.claim.resume, description)
+        self.log = RunLog(self.out, self.acc, self.main, callbacks)
+        self.log.start({**description, "run_id": self.run_id}, log_lines)
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not self.main, desc="training")
 
 # %% ../nbs/07_train.ipynb #367a5f5e
 @patch
@@ -251,6 +429,7 @@ def _build(self: Run, cfg: TrainConfig):
     self.scheduler = get_cosine_schedule_with_warmup(
         self.optimizer, int(cfg.warmup_proportion * self.total), self.total
     )
+    self.acc.register_for_checkpointing(self.scheduler)  # saved and loaded with the model and optimizer
 
 # %% ../nbs/07_train.ipynb #fe778744
 @patch
@@ -310,8 +489,12 @@ def train_step(self: Run, batch: dict) -> bool:
     "Train on one micro-batch; True when it completed an optimizer step."
     with self.acc.accumulate(self.model), self.acc.autocast():
         losses = self.forward_backward(batch)
+        bad = ~torch.isfinite(losses["loss"].detach())  # read at the next check, not now: no wait for the device
         if self.acc.sync_gradients and self.cfg.max_grad_norm:
-            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            if isinstance(norm, torch.Tensor):  # (FSDP: this process's part; the check combines them)
+                bad = bad | ~torch.isfinite(getattr(norm, "to_local", lambda: norm)().detach())
+        self.flags.append((self.step + 1, bad))
         self.optimizer.step()
         self.optimizer.zero_grad()
     for k, v in losses.items():
@@ -324,10 +507,88 @@ def train_step(self: Run, batch: dict) -> bool:
     self.bar.update(1)
     return True
 
+# %% ../nbs/07_train.ipynb #3c0d9e71
+@patch
+def check_finite(self: Run):
+    "Stop the run (RunStopped) if a loss or gradient norm since the last check was nan or inf."
+    if not self.flags:
+        return
+    steps, flags = zip(*self.flags)
+    self.flags = []
+    bad = torch.stack([f.reshape(()) for f in flags]).float()
+    if self.world > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    hits = torch.nonzero(bad).flatten().tolist()
+    if hits:
+        last = checkpoints(self.out, self.run_id)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved before it"
+        raise RunStopped(
+            f"step {steps[hits[0]]}: the loss or its gradients became nan or inf, so the run stopped without saving "
+            f"a model; {kept}. Lower lr (it is {self.cfg.lr}) or check the data; overwrite_output_dir: true starts again"
+        )
+
+
+@patch
+def stop_requested(self: Run) -> bool:
+    "Whether SIGINT or SIGTERM asked the run to stop (every process agrees, at log steps)."
+    if self.world == 1:
+        return self.signal is not None
+    if self.step % self.cfg.log_interval:
+        return False
+    flag = torch.tensor([float(self.signal or 0)], device=self.acc.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    self.signal = self.signal or (int(flag.item()) or None)
+    return self.signal is not None
+
+
+@patch
+def stop(self: Run):
+    "Save a checkpoint to resume from and stop (RunStopped, exit code 128 + the signal's number)."
+    self.save_checkpoint(f"checkpoint-step-{self.step}")
+    raise RunStopped(
+        f"stopped by {signal.Signals(self.signal).name} at step {self.step}: checkpoint-step-{self.step} saved; "
+        "resume_from_checkpoint: auto (embed-nb train --resume) goes on from there",
+        128 + self.signal,
+    )
+
+
+@contextmanager
+def _stop_signals(run: Run):
+    "Within the block, SIGINT and SIGTERM ask `run` to stop after its step; a second SIGINT interrupts at once."
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if run.signal == signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        run.signal = signum
+
+    before = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+@patch
+def abort(self: Run, error: BaseException):
+    "After an error or a stop: say so in `run.json`, let go of the accelerator and of the output folder."
+    self.bar.close()
+    if self.main and self.out.is_dir():
+        self.log.finish(stopped=f"{type(error).__name__}: {error}"[:1000], stopped_at_step=self.step)
+    self.model = self.optimizer = self.scheduler = self.loader = None
+    self.acc.free_memory()
+    if self.world == 1:
+        reset_accelerate_state(keep_process_group=False)
+    self.claim.release()
+
 # %% ../nbs/07_train.ipynb #0db1c260
 @patch
 def log_losses(self: Run, epoch: float):
-    "Write the mean losses since the last record."
+    "Write the mean losses since the last record (after checking that they are finite)."
+    self.check_finite()
     if not self.cross_device and self.world > 1:  # each process had its own loss: log their mean
         for v in self.sums.values():
             torch.distributed.all_reduce(v)
@@ -397,22 +658,114 @@ def evaluate(self: Run, epoch: float):
     self.barrier()
 
 # %% ../nbs/07_train.ipynb #2154e059
+RESUME_FREE = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "log_with", "num_max_checkpoints"}
+RESUME_FREE |= {"save_steps", "save_on_epoch_end", "eval_dataset", "eval_steps", "eval_dims", "eval_k"}
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @patch
-def save_model(self: Run, trained: Embedding, path: Path):
+def save_model(self: Run, trained: Embedding, path: Path, meta: dict | None = None, atomic: bool = True):
     "Save `trained` under `path`: LoRA adapters merged in unless the config's `lora` says `merge: false`."
-    trained.save_pretrained(path, merge_lora=(self.cfg.lora or {}).get("merge", True))
+    merge = (self.cfg.lora or {}).get("merge", True)
+    meta = {"run_id": self.run_id, "step": self.step, **(meta or {})}
+    if atomic:
+        trained.save_pretrained(path, merge_lora=merge, meta=meta)
+    else:
+        trained.write(path, merge_lora=merge, meta=meta)
 
 
 @patch
-def save_checkpoint(self: Run, epoch: int):
-    "Save `checkpoint-epoch-{epoch}`, then delete the oldest beyond `num_max_checkpoints`."
+def save_checkpoint(self: Run, name: str):
+    "Save checkpoint `name` (the model, and what resuming needs), then delete this run's oldest beyond the limit."
+    self.check_finite()
+    path, tmp = self.out / name, self.out / f".{name}.tmp"
+    if self.main:
+        begin_folder(tmp)
+    self.barrier()
+    resumable = not self.fsdp
+    if resumable:
+        self.acc.save_state(str(tmp / STATE))
+        torch.save({"rng": _rng_state(), "sums": self.sums}, tmp / STATE / f"rank_{self.rank}.pt")
     trained = self.whole_model()
-    if not self.main:
-        return
-    self.save_model(trained, self.out / f"checkpoint-epoch-{epoch}")
-    ckpts = sorted(self.out.glob("checkpoint-epoch-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
-    for old in ckpts[: max(len(ckpts) - self.cfg.num_max_checkpoints, 0)]:
-        shutil.rmtree(old)
+    if self.main:
+        position = {"position": [self.epoch, self.batch]}
+        if resumable:
+            progress = {
+                "run_id": self.run_id,
+                "step": self.step,
+                **position,
+                "micro": self.micro,
+                "last_eval": self.last_eval,
+                "log_lines": self.log.lines,
+                "world_size": self.world,
+                "elapsed_s": round(time.time() - self.started, 2),
+                "config": dataclasses.asdict(self.cfg),
+            }
+            (tmp / STATE / "progress.json").write_text(json.dumps(progress, indent=2) + "\n")
+        self.save_model(trained, tmp, position, atomic=False)
+        publish_folder(tmp, path)
+        for old in checkpoints(self.out, self.run_id)[: -self.cfg.num_max_checkpoints]:
+            shutil.rmtree(old)
+    self.barrier()
+
+
+@patch
+def resume(self: Run, ckpt: Path, description: dict) -> tuple[dict, int]:
+    "Load what checkpoint `ckpt` saved; return the run's description (`run.json`) and how many log records to keep."
+    progress = json.loads((ckpt / STATE / "progress.json").read_text())
+    now = dataclasses.asdict(self.cfg)
+    for k, v in now.items():
+        if k not in RESUME_FREE and progress["config"].get(k) != v:
+            raise ConfigError(
+                f"resume_from_checkpoint: {ckpt} was trained with {k}: {progress['config'].get(k)!r}, the config "
+                f"says {v!r}: resume with the run's own settings (or start afresh with overwrite_output_dir: true)"
+            )
+    if progress["world_size"] != self.world:
+        raise ConfigError(
+            f"resume_from_checkpoint: {ckpt} was trained on {progress['world_size']} processes, this run has "
+            f"{self.world}: resume with as many"
+        )
+    self.acc.load_state(str(ckpt / STATE))
+    mine = torch.load(ckpt / STATE / f"rank_{self.rank}.pt", map_location="cpu", weights_only=False)
+    self.step, self.last_eval, self.micro = progress["step"], progress["last_eval"], progress["micro"]
+    self.epoch, self.batch = progress["position"]
+    self.sums = {k: v.to(self.acc.device) for k, v in mine["sums"].items()}
+    self.rng, self.run_id, self.started = mine["rng"], progress["run_id"], time.time() - progress["elapsed_s"]
+    previous = self.out / "run.json"
+    if previous.is_file():
+        description = {k: v for k, v in json.loads(previous.read_text()).items() if k != "stopped"}
+    description.setdefault("resumed", []).append({"from": str(ckpt), "step": self.step, "at": time.strftime("%FT%T")})
+    return description, progress["log_lines"]
+
+
+@patch
+def restore_rng(self: Run):
+    "After a resume, once: the random states as they were at the checkpoint."
+    if self.rng is not None:
+        _set_rng_state(self.rng)
+        self.rng = None
 
 # %% ../nbs/07_train.ipynb #63035462
 @patch
@@ -427,6 +780,7 @@ def _replica_spread(self: Run) -> float:
 def finish(self: Run) -> Path:
     "Save the final model, complete `run.json`, and release the accelerator; return the model's folder."
     self.bar.close()
+    self.check_finite()
     trained = self.whole_model()
     spread = self._replica_spread() if self.world > 1 and self.replicated else None
     if self.main:
@@ -443,6 +797,7 @@ def finish(self: Run) -> Path:
     self.acc.end_training()
     if self.world == 1:
         reset_accelerate_state(keep_process_group=False)  # leave the kernel free to launch processes
+    self.claim.release()
     return self.out / "model"
 
 # %% ../nbs/07_train.ipynb #63e08b93
@@ -456,27 +811,48 @@ def train(
     "Fine-tune an embedding model as `config` says; return the folder of the saved model."
     cfg = load_config(config, **overrides)
     run = Run(cfg, strategy, zero_stage, callbacks)
-    if run.eval_data:
+    try:
+        with _stop_signals(run):
+            return _loop(run, cfg)
+    except BaseException as e:
+        run.abort(e)
+        raise
+
+
+def _loop(run: Run, cfg: TrainConfig) -> Path:
+    "Evaluate the base model; epochs of steps, with log records, evaluations and checkpoints; save the model."
+    if run.eval_data and run.last_eval is None:
         run.evaluate(0.0)
-    for epoch in range(cfg.epochs):
-        run.dataset.set_epoch(epoch)
-        run.sampler.set_epoch(epoch)
-        for i, batch in enumerate(run.loader):
+    for epoch in range(run.epoch, cfg.epochs):
+        if run.step >= run.total:
+            break
+        skip = run.batch if epoch == run.epoch else 0  # batches a resumed run already trained on
+        run.loader.set_epoch(epoch)  # the loader, its batches and the dataset's negatives
+        run.sampler.skip = skip
+        if not skip:
+            run.restore_rng()  # before the loader draws its seed, as the run did when it got here
+        n = len(run.sampler.global_batches())
+        for i, batch in enumerate(run.loader, start=skip):
+            run.restore_rng()
+            run.epoch, run.batch = epoch, i + 1
             if not run.train_step(batch):
                 continue  # a micro-batch of an accumulated step
-            progress, done = epoch + (i + 1) / len(run.loader), run.step >= run.total
+            progress, done = epoch + (i + 1) / n, run.step >= run.total
             if run.step % cfg.log_interval == 0 or done:
                 run.log_losses(progress)
             if run.eval_data and cfg.eval_steps and (run.step % cfg.eval_steps == 0 or done):
                 run.evaluate(progress)
+            if cfg.save_steps and run.step % cfg.save_steps == 0 and not done:
+                run.save_checkpoint(f"checkpoint-step-{run.step}")
+            if run.stop_requested():
+                run.stop()
             if done:
                 break
+        run.epoch, run.batch = epoch + 1, 0
         if run.eval_data and not cfg.eval_steps and run.step != run.last_eval:
             run.evaluate(epoch + 1.0)
         if cfg.save_on_epoch_end:
-            run.save_checkpoint(epoch + 1)
-        if run.step >= run.total:
-            break
+            run.save_checkpoint(f"checkpoint-epoch-{epoch + 1}")
     return run.finish()
 
 # %% ../nbs/07_train.ipynb #2a12558c
@@ -497,7 +873,8 @@ def launch(
         overrides["mixed_precision"] = mixed_precision
     cfg = load_config(config, **overrides)
     check_strategy(cfg, strategy, zero_stage, num_processes)
-    _read_data(cfg)  # data errors are reported here, as clearly as in one process
+    _read_data(cfg)  # data and output folder errors are reported here, as clearly as in one process
+    claim_output(cfg, take=False)
     if num_processes == 1 and strategy in ("fsdp", "deepspeed"):  # sharding on one device: a group of one process
         launch_one_process(_launched_train, (dataclasses.asdict(cfg), strategy, zero_stage))
         return Path(cfg.output_dir) / "model"
@@ -518,8 +895,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         saved = train(a.config, **parse_overrides(a.set))
     except EmbedNbError as e:
-        print(f"embed-nb: error: {e}", file=sys.stderr)
-        return 2
+        print(f"embed-nb: {'stopped' if isinstance(e, RunStopped) else 'error'}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("embed-nb: interrupted", file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
         print(f"model saved in {saved}")
     return 0
