@@ -21,8 +21,8 @@ import yaml
 # %% auto #0
 __all__ = ['INCOMPLETE', 'positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError',
            'DataError', 'RunStopped', 'atomic_write', 'begin_folder', 'publish_folder', 'atomic_folder',
-           'recover_folder', 'check_complete', 'at_least', 'one_of', 'option', 'TrainConfig', 'config_keys',
-           'describe_config', 'coerce', 'load_config', 'parse_overrides']
+           'remove_folder', 'recover_folder', 'check_complete', 'at_least', 'one_of', 'option', 'TrainConfig',
+           'config_keys', 'describe_config', 'coerce', 'load_config', 'parse_overrides']
 
 # %% ../nbs/00_core.ipynb #7e681776
 class EmbedNbError(Exception):
@@ -89,7 +89,7 @@ def publish_folder(tmp, path) -> Path:
         os.replace(path, old)
     os.replace(tmp, path)
     if old.exists():
-        shutil.rmtree(old)
+        shutil.rmtree(old)  # hidden already: a kill here leaves a hidden leftover, never a half folder in view
     return path
 
 
@@ -103,6 +103,15 @@ def atomic_folder(path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish_folder(tmp, path)
+
+
+def remove_folder(path):
+    "Delete folder `path`: renamed out of sight first (atomic), so that a kill never leaves half of it visible."
+    path = Path(path)
+    if path.exists():
+        gone = _sibling(path, "del")
+        os.replace(path, gone)
+        shutil.rmtree(gone)
 
 
 def recover_folder(path) -> Path:

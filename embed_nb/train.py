@@ -37,6 +37,7 @@ from embed_nb.core import (
     parse_overrides,
     publish_folder,
     recover_folder,
+    remove_folder,
 )
 from .data import EmbeddingDataset, make_loader
 from embed_nb.distributed import (
@@ -48,8 +49,10 @@ from embed_nb.distributed import (
     fill_deepspeed_config,
     full_state_dict,
     gather_batch,
+    gather_plain,
     launch_one_process,
     launch_processes,
+    launched_with_deepspeed,
     no_zero3_init,
     reset_accelerate_state,
     shard_model,
@@ -170,7 +173,7 @@ def _clear_run(out: Path):
     "Delete what a previous run left in `out`: model, checkpoints, logs."
     for p in [out / "model", *out.glob("checkpoint-*"), out / "tensorboard", out / "embed_nb"]:
         if p.is_dir():
-            shutil.rmtree(p)
+            remove_folder(p)
     for name in ("run.json", "log.jsonl"):
         (out / name).unlink(missing_ok=True)
 
@@ -201,10 +204,6 @@ def claim_output(cfg: TrainConfig, take: bool = True, follow: bool = False) -> C
         raise ConfigError(f"output_dir: {out / 'model'} is a file, where the run would save its model")
     state = _run_state(out) if out.is_dir() else "none"
     resume = _resume_point(cfg, out)
-    if state == "finished" and cfg.resume_from_checkpoint == "auto" and not cfg.overwrite_output_dir:
-        raise ConfigError(
-            f"output_dir {out} holds a finished run: nothing to resume (overwrite_output_dir: true trains again)"
-        )
     if state != "none" and not (cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
         raise ConfigError(
             f"output_dir {out} holds {'a finished' if state == 'finished' else 'an unfinished'} run: "
@@ -227,7 +226,7 @@ def claim_output(cfg: TrainConfig, take: bool = True, follow: bool = False) -> C
     recover_folder(out / "model")
     for c in [out / "model", *out.glob("checkpoint-*")]:
         recover_folder(c)
-    for tmp in out.glob(".*.tmp*"):  # left by a killed save: this run holds the lock, nobody else writes here
+    for tmp in [*out.glob(".*.tmp*"), *out.glob(".*.old-*"), *out.glob(".*.del-*")]:  # left by kills
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     if resume is None and state != "none":
         _clear_run(out)  # overwrite_output_dir, or resume of a run that left no checkpoint: start afresh
@@ -244,6 +243,9 @@ def _accelerator(cfg: TrainConfig, strategy: str | None, zero_stage: int):
     extra = accelerator_kwargs(
         strategy, zero_stage, cfg.batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm, launched
     )
+    plugins = launched_with_deepspeed() or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if strategy is None and launched > 1 and not torch.cuda.is_available() and not plugins:
+        extra["cpu"] = True  # torchrun on CPUs: else accelerate leaves the processes unconnected, each its own model
     try:
         acc = Accelerator(
             mixed_precision=cfg.mixed_precision,
@@ -260,7 +262,7 @@ def _accelerator(cfg: TrainConfig, strategy: str | None, zero_stage: int):
             "`embed-nb train --num-processes N --strategy fsdp` (torch's FSDP2 over gloo)"
         ) from None
     plugin = getattr(acc.state, "deepspeed_plugin", None)
-    if plugin is not None and not extra:  # a DeepSpeed config from `accelerate launch`: fill its "auto" values
+    if plugin is not None and "deepspeed_plugin" not in extra:  # from `accelerate launch`: fill its "auto" values
         settings["deepspeed_filled"] = fill_deepspeed_config(plugin.deepspeed_config, cfg, launched)
     return acc, settings
 
@@ -367,6 +369,8 @@ class Run:
         if strategy == "fsdp":
             ensure_process_group()  # FSDP by hand shards over a group, of one process too
         self.rank, self.world = _process(self.acc)
+        if self.world > 1 and self.kind == "NO":
+            raise ConfigError(f"{self.world} processes, but accelerate did not connect them: use accelerate launch")
         self.main = self.rank == 0
         self.fsdp = strategy == "fsdp" and torch.distributed.is_initialized()
         self.cross_device = self.world > 1 and cfg.negatives_cross_device is not False
@@ -727,7 +731,7 @@ def save_checkpoint(self: Run, name: str):
         self.save_model(trained, tmp, position, atomic=False)
         publish_folder(tmp, path)
         for old in checkpoints(self.out, self.run_id)[: -self.cfg.num_max_checkpoints]:
-            shutil.rmtree(old)
+            remove_folder(old)
     self.barrier()
 
 
@@ -772,7 +776,7 @@ def restore_rng(self: Run):
 def _replica_spread(self: Run) -> float:
     "Largest difference between processes of any parameter's sum: 0 when the replicas stayed in step."
     sums = torch.stack([p.detach().double().sum() for p in self.acc.unwrap_model(self.model).parameters()])
-    every = self.acc.gather(sums[None])
+    every = gather_plain(sums[None])  # torch.distributed's: it sees every process, whatever accelerate thinks
     return float((every - every[0]).abs().max())
 
 
@@ -810,6 +814,8 @@ def train(
 ) -> Path:
     "Fine-tune an embedding model as `config` says; return the folder of the saved model."
     cfg = load_config(config, **overrides)
+    if _finished_already(cfg):
+        return Path(cfg.output_dir) / "model"
     run = Run(cfg, strategy, zero_stage, callbacks)
     try:
         with _stop_signals(run):
@@ -817,6 +823,17 @@ def train(
     except BaseException as e:
         run.abort(e)
         raise
+
+
+def _finished_already(cfg: TrainConfig) -> bool:
+    "Whether `resume_from_checkpoint: auto` finds the run finished (a retry after the end): nothing to do then."
+    out = Path(cfg.output_dir)
+    done = cfg.resume_from_checkpoint == "auto" and not cfg.overwrite_output_dir and out.is_dir()
+    if done and _run_state(out) == "finished":
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"{out} holds a finished run: nothing to resume ({out / 'model'})")
+        return True
+    return False
 
 
 def _loop(run: Run, cfg: TrainConfig) -> Path:
@@ -873,6 +890,8 @@ def launch(
         overrides["mixed_precision"] = mixed_precision
     cfg = load_config(config, **overrides)
     check_strategy(cfg, strategy, zero_stage, num_processes)
+    if _finished_already(cfg):
+        return Path(cfg.output_dir) / "model"
     _read_data(cfg)  # data and output folder errors are reported here, as clearly as in one process
     claim_output(cfg, take=False)
     if num_processes == 1 and strategy in ("fsdp", "deepspeed"):  # sharding on one device: a group of one process
