@@ -197,6 +197,10 @@ def run_eval(a) -> dict:
     from embed_nb.evaluate import evaluate, load_retrieval_data
     from embed_nb.model import Embedding
 
+    if min(a.k or [1]) < 1 or min(a.dims or [1]) < 1:
+        raise EmbedNbError(f"--k and --dims must be at least 1, got --k {a.k} --dims {a.dims}")
+    if a.out and (Path(a.out).is_dir() or not Path(a.out).resolve().parent.is_dir()):
+        raise EmbedNbError(f"--out {a.out}: a file to write is needed (a directory, or a missing folder, was given)")
     data = load_retrieval_data(a.data, a.split)
     res = evaluate(Embedding.from_pretrained(a.model), data, dims=a.dims, ks=a.k, query_prompt=a.query_prompt)
     names = list(next(iter(res.values())))

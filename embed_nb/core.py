@@ -372,7 +372,12 @@ def _read_yaml(source: Path) -> tuple[dict, dict]:
     "The mapping of a yaml config file and the line of each key."
     if not source.is_file():
         raise ConfigError(f"{source}: config file not found")
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
         raw, lines = yaml.safe_load(text) or {}, _key_lines(text)
     except yaml.YAMLError as e:

@@ -115,12 +115,22 @@ def check_record(
 # %% ../nbs/01_data.ipynb #1f91778b
 def read_jsonl(path):
     "The `(line number, record)` of each non-blank line of a jsonl file; a line that is not JSON is a `DataError`."
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(path, None, f"cannot read: {e.strerror}") from None
+    with f:
         for i, raw in enumerate(f, 1):
-            if not raw.strip():
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    path, i, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                ) from None
+            if not text.strip():
                 continue
             try:
-                yield i, json.loads(raw)
+                yield i, json.loads(text)
             except json.JSONDecodeError as e:
                 raise DataError(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
 
@@ -170,6 +180,16 @@ def load_teacher_vectors(path, rows: int, dim: int | None = None) -> np.ndarray:
                 path, None, f"teacher embeddings have shape {arr.shape}, expected ({rows}, {dim or 'teacher_dim'})"
             )
         return arr
+    side = path.with_name(path.name + ".json")
+    if side.is_file():
+        meta = json.loads(side.read_text())
+        if meta.get("dtype", "float32") != "float32":
+            raise DataError(path, None, f"{side.name} says dtype {meta['dtype']}: embed_nb reads float32 vectors")
+        if meta.get("rows", rows) != rows:
+            raise DataError(path, None, f"{side.name} says {meta['rows']} rows, but the jsonl has {rows} lines")
+        if dim and meta.get("dim", dim) != dim:
+            raise DataError(path, None, f"{side.name} says dim {meta['dim']}, but teatch_emebedding_dim is {dim}")
+        dim = dim or meta.get("dim")
     size = path.stat().st_size
     if dim is None:  # infer the width when the size allows only one
         if size % (rows * 4):
@@ -183,7 +203,16 @@ def load_teacher_vectors(path, rows: int, dim: int | None = None) -> np.ndarray:
             f"teacher embeddings file has {size} bytes, but {rows} rows x {dim} dims x 4 bytes "
             f"(float32) = {rows * dim * 4}: check teatch_emebedding_dim and that it was written for this jsonl{hint}",
         )
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    vecs = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    norms = np.linalg.norm(np.asarray(vecs[:64], dtype=np.float64), axis=1)
+    if not np.isfinite(norms).all() or not (1e-3 < np.median(norms) < 1e3):
+        raise DataError(
+            path,
+            None,
+            f"read as float32 ({dim} dims), its first rows have norms like {np.median(norms):.3g}: is it float16 or "
+            "float64? embed_nb reads float32 (convert with .astype(np.float32))",
+        )
+    return vecs
 
 # %% ../nbs/01_data.ipynb #2869fc29
 class EmbeddingDataset(Dataset):

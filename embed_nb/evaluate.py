@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import DataError
+from .core import ConfigError, DataError
 from .data import FORMATS, read_examples, read_jsonl
 
 # %% auto #0
@@ -34,17 +34,22 @@ class RetrievalData:
         return f"RetrievalData({len(self.queries)} queries, {len(self.corpus)} documents)"
 
 # %% ../nbs/06_eval.ipynb #36831fc0
-def _read_qrels(path) -> dict[str, dict[str, float]]:
+def _read_qrels(path, lines: dict | None = None) -> dict[str, dict[str, float]]:
     "Graded judgements `{query id: {document id: grade}}` of a BEIR qrels tsv file (grades above 0 only)."
-    qrels = {}
+    qrels, lines = {}, {} if lines is None else lines  # `lines`: each judged document's first line
     with open(path, encoding="utf-8") as f:
         for i, row in enumerate(csv.reader(f, delimiter="\t"), 1):
             if i == 1 and not row[-1].strip().lstrip("-").isdigit():
                 continue  # header
             if len(row) < 3:
                 raise DataError(path, i, f"expected query-id, corpus-id, score; got {row}")
-            if float(row[2]) > 0:
-                qrels.setdefault(row[0], {})[row[1]] = float(row[2])
+            try:
+                grade = float(row[2])
+            except ValueError:
+                raise DataError(path, i, f"score {row[2]!r} is not a number") from None
+            if grade > 0:
+                qrels.setdefault(row[0], {})[row[1]] = grade
+                lines.setdefault(row[1], i)
     return qrels
 
 # %% ../nbs/06_eval.ipynb #e1cece75
@@ -55,12 +60,27 @@ def load_beir(path, split: str = "test", query_prompt: str | None = None) -> Ret
         if not (path / name).is_file():
             problem = "file not found (BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
             raise DataError(path / name, None, problem)
-    corpus = {
-        str(d["_id"]): f"{d.get('title') or ''} {d['text']}".strip() for _, d in read_jsonl(path / "corpus.jsonl")
-    }
-    queries = {str(d["_id"]): (query_prompt or "") + d["text"] for _, d in read_jsonl(path / "queries.jsonl")}
-    qrels = _read_qrels(path / f"qrels/{split}.tsv")
-    return RetrievalData({q: t for q, t in queries.items() if q in qrels}, corpus, qrels)
+    corpus = {i: f"{d.get('title') or ''} {d['text']}".strip() for i, d in _records(path / "corpus.jsonl")}
+    queries = {i: (query_prompt or "") + d["text"] for i, d in _records(path / "queries.jsonl")}
+    lines, qrels_file = {}, path / f"qrels/{split}.tsv"
+    qrels = _read_qrels(qrels_file, lines)
+    if not corpus:
+        raise DataError(path / "corpus.jsonl", None, "no documents")
+    missing = next((d for d in lines if d not in corpus), None)
+    if missing is not None:
+        raise DataError(qrels_file, lines[missing], f"document {missing!r} is not in corpus.jsonl")
+    queries = {q: t for q, t in queries.items() if q in qrels}
+    if not queries:
+        raise DataError(path / "queries.jsonl", None, f"no query has a relevant document in {qrels_file.name}")
+    return RetrievalData(queries, corpus, qrels)
+
+
+def _records(path):
+    "`(id, record)` of each line of a BEIR jsonl file, each checked for `_id` and `text`."
+    for i, d in read_jsonl(path):
+        if not isinstance(d, dict) or "_id" not in d or not isinstance(d.get("text"), str):
+            raise DataError(path, i, 'expected {"_id": ..., "text": "..."}')
+        yield str(d["_id"]), d
 
 # %% ../nbs/06_eval.ipynb #5a16c1be
 def load_jsonl_eval(path, query_prompt: str | None = None) -> RetrievalData:
@@ -176,10 +196,12 @@ def evaluate(
     query_prompt: str | None = None,  # put in front of every query
 ) -> dict[int, dict[str, float]]:
     "Retrieval metrics of `model` on `data` at each of `dims` (default: the model's `mrl_dims`, else its full width)."
+    if min(ks or [0]) < 1 or min(dims or [1]) < 1:
+        raise ConfigError(f"cut-offs (k) and dimensions must be at least 1, got k {list(ks)} and dims {dims}")
     q, d = _embed(model, data, batch_size, query_prompt)
     dims = sorted(dims or getattr(model, "mrl_dims", None) or [q.shape[1]])
     if max(dims) > q.shape[1]:
-        raise ValueError(f"dimension {max(dims)} exceeds the model's {q.shape[1]}")
+        raise ConfigError(f"dimension {max(dims)} exceeds the model's {q.shape[1]}")
     qids, dids = list(data.queries), list(data.corpus)
     results = {}
     for dim in dims:

@@ -169,6 +169,18 @@ def _fit_dims(dims: list[int] | None, width: int) -> list[int]:
     return sorted({d for d in (dims or [width]) if d <= width}) or [width]
 
 
+def _load(path: str, device: str, **kwargs) -> SentenceTransformer:
+    "`SentenceTransformer(path)`, with a one-line ConfigError for a folder that is not there or a name that cannot load."
+    local = Path(path).expanduser()
+    if not local.exists() and (path.startswith((".", "/", "~")) or str(local.parent) != "." and local.parent.is_dir()):
+        raise ConfigError(f"model_name_or_path: {path}: no such folder")
+    try:
+        return SentenceTransformer(path, device=device, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model_name_or_path: cannot load {path!r}: {first}") from None
+
+
 def nonfinite(model: nn.Module) -> str | None:
     "The name of a parameter of `model` holding nan or inf, if any."
     return next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
@@ -279,7 +291,19 @@ class Embedding(nn.Module):
         "Load a sentence-transformers model, with a Matryoshka Dense head when `use_mrl`."
         path = str(name_or_path or default_model_path())
         check_complete(path)
-        st = SentenceTransformer(path, device=device, **kwargs)
+        st = _load(path, device, **kwargs)
+        if (
+            not head_dim
+            and use_mrl
+            and mrl_dims
+            and max(mrl_dims) > _width(st)
+            and not isinstance(st[-1], models.Dense)
+        ):
+            warnings.warn(
+                f"mrl_dims up to {max(mrl_dims)} are wider than the model's {_width(st)}: the Matryoshka head maps "
+                f"{_width(st)} to {max(mrl_dims)} dims (longer vectors, no more information)",
+                stacklevel=2,
+            )
         bad = nonfinite(st)
         if bad:
             raise ConfigError(f"{path}: holds non-finite weights (nan or inf), e.g. in {bad}: a run that diverged")

@@ -83,3 +83,79 @@ def test_subprocess_message_has_no_traceback_and_keeps_saved_model(tiny_model, t
     assert r.stderr.strip().splitlines()[-1] == f"embed-nb: error: {bad}:2: 'scores' has 2 values but 'pos' has 1 documents"
     assert "Traceback" not in r.stderr
     assert {p: p.read_bytes() for p in (out / "model").rglob("*") if p.is_file()} == saved
+
+def eval_cli(args, tmp_path):
+    "Run `embed-nb eval` in-process; return (exit code, stderr)."
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["eval", *args])
+    return code, err.getvalue()
+
+def beir(tmp_path, corpus, queries, qrels):
+    d = tmp_path / "beir"
+    (d / "qrels").mkdir(parents=True, exist_ok=True)
+    write(d / "corpus.jsonl", *corpus)
+    write(d / "queries.jsonl", *queries)
+    (d / "qrels" / "test.tsv").write_text(qrels)
+    return d
+
+DOCS, QUERIES = [{"_id": "d1", "text": "cats purr"}, {"_id": "d2", "text": "dogs bark"}], [{"_id": "q1", "text": "purring"}]
+EVAL_CASES = [  # (corpus, queries, qrels, extra args, expected problem)
+    (DOCS, QUERIES, "q1\td1\t1\nq1\td9\t1\n", [], "qrels/test.tsv:2: document 'd9' is not in corpus.jsonl"),
+    ([], QUERIES, "q1\td1\t1\n", [], "corpus.jsonl: no documents"),
+    (DOCS, [], "q1\td1\t1\n", [], "queries.jsonl: no query has a relevant document in test.tsv"),
+    ([{"id": "d1", "text": "x"}], QUERIES, "q1\td1\t1\n", [], "corpus.jsonl:1: expected {\"_id\""),
+    (DOCS, QUERIES, "q1\td1\t1\nq1\td2\tyes\n", [], "test.tsv:2: score 'yes' is not a number"),
+    (DOCS, QUERIES, "q1\td1\t1\n", ["--dims", "0"], "must be at least 1"),
+    (DOCS, QUERIES, "q1\td1\t1\n", ["--k", "0"], "must be at least 1"),
+    (DOCS, QUERIES, "q1\td1\t1\n", ["--dims", "4096"], "dimension 4096 exceeds the model's 32"),
+]
+
+@pytest.mark.parametrize("corpus,queries,qrels,extra,problem", EVAL_CASES, ids=[c[4].split(":")[-1][:30] for c in EVAL_CASES])
+def test_bad_eval_input(corpus, queries, qrels, extra, problem, tiny_model, tmp_path):
+    code, err = eval_cli(["--model", tiny_model, "--data", str(beir(tmp_path, corpus, queries, qrels)), *extra], tmp_path)
+    last = err.strip().splitlines()[-1]  # (the model's own loading bar may come first)
+    assert code == 2 and last.startswith("embed-nb: error: ") and problem in last and "Traceback" not in err, err
+
+def test_eval_out_a_directory_fails_before_the_work(tiny_model, tmp_path):
+    code, err = eval_cli(["--model", tiny_model, "--data", str(EXAMPLES / "eval"), "--out", str(tmp_path)], tmp_path)
+    assert code == 2 and "--out" in err and err.count("\n") == 1, err
+
+def test_missing_model_folder_and_unloadable_name(tiny_model, tmp_path):
+    data = write(tmp_path / "d.jsonl", GOOD)
+    code, err = train_cli({"model_name_or_path": str(tmp_path / "nowhere"), "train_dataset": str(data),
+                           "output_dir": str(tmp_path / "out")}, tmp_path)
+    assert code == 2 and f"model_name_or_path: {tmp_path / 'nowhere'}: no such folder" in err, err
+    assert not (tmp_path / "out").exists()
+    code, err = eval_cli(["--model", "./nowhere-model", "--data", str(EXAMPLES / "eval")], tmp_path)
+    assert code == 2 and "model_name_or_path: ./nowhere-model: no such folder" in err, err
+
+def test_latin1_bytes_name_the_line(tiny_model, tmp_path):
+    data = tmp_path / "latin.jsonl"
+    data.write_bytes((json.dumps(GOOD) + "\n").encode() * 2 + b'{"query": "caf\xe9", "pos": ["x"]}\n')
+    code, err = train_cli({"model_name_or_path": tiny_model, "train_dataset": str(data)}, tmp_path)
+    assert code == 2 and f"{data}:3: not UTF-8 text (byte 0xe9 at column 15)" in err, err
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_teacher_file_of_another_dtype(dtype, tiny_model, tmp_path):
+    data = write(tmp_path / "d.jsonl", *[{"query": f"q{i}"} for i in range(8)])
+    vecs = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
+    (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(dtype).tofile(tmp_path / "t.vec")
+    base = {"model_name_or_path": tiny_model, "train_type": "distill", "train_dataset": str(data),
+            "train_dataset_vec": str(tmp_path / "t.vec"), "output_dir": str(tmp_path / "out")}
+    code, err = train_cli(base, tmp_path)
+    assert code == 2 and "is it float16 or float64?" in err, err
+    (tmp_path / "t.vec.json").write_text(json.dumps({"rows": 8, "dim": 32, "dtype": dtype}))
+    code, err = train_cli(base, tmp_path)
+    assert code == 2 and f"t.vec.json says dtype {dtype}: embed_nb reads float32 vectors" in err, err
+
+def test_unreadable_files_are_one_line(tmp_path):
+    import os
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file: permissions cannot be tested as root")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train_dataset: x.jsonl\n")
+    cfg.chmod(0)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err): code = main(["train", "--config", str(cfg)])
+    assert code == 2 and "cannot read: Permission denied" in err.getvalue()
