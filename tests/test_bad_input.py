@@ -149,13 +149,21 @@ def test_teacher_file_of_another_dtype(dtype, tiny_model, tmp_path):
     code, err = train_cli(base, tmp_path)
     assert code == 2 and f"t.vec.json says dtype {dtype}: embed_nb reads float32 vectors" in err, err
 
-def test_unreadable_files_are_one_line(tmp_path):
-    import os
+def test_unreadable_files_are_one_line(tiny_model, tmp_path):
+    "A config or data file without read permission: one line each (as root, run without the capabilities that bypass it)."
+    import os, shutil
+    prefix = []
     if os.geteuid() == 0:
-        pytest.skip("root reads every file: permissions cannot be tested as root")
+        if not shutil.which("setpriv"):
+            pytest.skip("root reads every file, and setpriv is not here to drop that power")
+        caps = "-dac_override,-dac_read_search,-fowner"
+        prefix = ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
+    data = write(tmp_path / "d.jsonl", GOOD)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("train_dataset: x.jsonl\n")
-    cfg.chmod(0)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err): code = main(["train", "--config", str(cfg)])
-    assert code == 2 and "cannot read: Permission denied" in err.getvalue()
+    cfg.write_text(f"model_name_or_path: {tiny_model}\ntrain_dataset: {data}\noutput_dir: {tmp_path / 'out'}\n")
+    for unreadable in (cfg, data):
+        unreadable.chmod(0)
+        r = subprocess.run(prefix + [sys.executable, "-m", "embed_nb.cli", "train", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"embed-nb: error: {unreadable}: cannot read: Permission denied", r.stderr[-2000:]
+        unreadable.chmod(0o644)
