@@ -210,6 +210,11 @@ def claim_output(cfg: TrainConfig, take: bool = True, follow: bool = False) -> C
             "resume_from_checkpoint: auto (--resume) goes on from its last checkpoint, overwrite_output_dir: true "
             "(--overwrite) starts afresh, or choose another output_dir"
         )
+    if cfg.resume_from_checkpoint == "auto" and resume is None and out.is_dir() and checkpoints(out):
+        raise ConfigError(
+            f"resume_from_checkpoint: the checkpoints in {out} hold no trainer state to resume from (FSDP by hand "
+            "saves the model only): start afresh with overwrite_output_dir: true"
+        )
     created = not out.exists()
     if not take:
         if out.is_dir() and (out / LOCK).exists():
@@ -626,7 +631,8 @@ def whole_model(self: Run) -> Embedding | None:
     state = full_state_dict(self.model) if self.fsdp else self.acc.get_state_dict(self.model)
     if not self.main:
         return None
-    whole = self.load_model()
+    with torch.random.fork_rng(devices=[]):  # a new head's random init must not move the training's random state
+        whole = self.load_model()
     whole.load_state_dict({k: v.float().cpu() for k, v in state.items()})
     return whole
 

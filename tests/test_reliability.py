@@ -1,6 +1,7 @@
 """What a run leaves on disk: killed at any moment (kill -9, during saves too) and resumed, it ends bitwise where an
 uninterrupted run ends, for one process and for two; a nan loss stops it without saving a model; a second run into the
 same output_dir refuses; SIGINT saves a checkpoint and exits 130; the entry points return their exit codes."""
+import importlib.util
 import json
 import os
 import random
@@ -81,8 +82,25 @@ def check_consistent(out):
         json.loads((Path(out) / "run.json").read_text())  # whole, never half-written
 
 
-def kill_tree(pid):
-    "kill -9 `pid` and every process under it (torchrun's workers live in their own sessions), as a machine dying does."
+def kill_all(pid):
+    "kill -9 `pid` and all under it, as a machine dying does: frozen first, so that none spawns a process and escapes."
+    frozen = set()
+    for _ in range(4):
+        for p in _tree(pid) - frozen:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+            frozen.add(p)
+        time.sleep(0.02)
+    for p in frozen:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _tree(pid) -> set:
     children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -90,26 +108,23 @@ def kill_tree(pid):
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
+    todo, tree = [pid], set()
     while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        p = todo.pop()
+        tree.add(p)
+        todo += children.get(p, [])
+    return tree
 
 
 def timeline(plain, seconds, kills):
     "(start-up time, training time per kill) of a run that took `seconds` and wrote `plain/log.jsonl`."
     training = json.loads((Path(plain) / "log.jsonl").read_text().splitlines()[-1])["elapsed_s"]
-    return seconds - training, 3 * training / kills
+    return seconds - training, 2 * training / kills
 
 
-def fresh_save(out, since):
-    "Whether a checkpoint's temporary folder made after `since` is there (a stale one from a killed run is not)."
-    for p in Path(out).glob(".checkpoint-*.tmp"):
+def fresh_save(out, since, pattern=".checkpoint-*.tmp"):
+    "Whether a checkpoint (by default its temporary folder) made after `since` is there (a killed run's is not)."
+    for p in Path(out).glob(pattern):
         try:
             if p.stat().st_mtime >= since:
                 return True
@@ -129,15 +144,16 @@ def kill_and_resume(cmd, out, kills, rng, timeline, env=None):
         first = False
         if killed < kills:
             start, mode = time.time(), killed % 4
-            if mode == 0:  # while it starts: loading, claiming the folder
-                time.sleep(rng.uniform(0, startup))
-            else:  # as a save begins (a checkpoint's temporary folder appears), or a random moment after it
-                while p.poll() is None and not fresh_save(out, start) and time.time() - start < 120:
+            if mode == 0:  # while it starts (imports, loading, claiming the folder): well before a slow start ends
+                time.sleep(rng.uniform(0, 0.5 * startup))
+            else:  # as a save begins (a checkpoint's temporary folder appears), or a random moment after one is saved
+                pattern = ".checkpoint-*.tmp" if mode == 1 else "checkpoint-*"
+                while p.poll() is None and not fresh_save(out, start, pattern) and time.time() - start < 120:
                     time.sleep(0.002)
                 if mode > 1:
                     time.sleep(rng.uniform(0, share))
             if p.poll() is None:
-                kill_tree(p.pid)
+                kill_all(p.pid)
                 p.wait()
                 time.sleep(0.2)  # the workers' exit
                 killed += 1
@@ -151,14 +167,14 @@ def kill_and_resume(cmd, out, kills, rng, timeline, env=None):
 def test_kill_9_at_random_points_then_resume_is_bitwise(tiny_model, data, tmp_path):
     plain = tmp_path / "plain"
     start = time.time()
-    run_ok(train_cmd(write_config(tmp_path / "plain.yaml", tiny_model, data, plain)))
+    run_ok(train_cmd(write_config(tmp_path / "plain.yaml", tiny_model, data, plain, epochs=3)))
     whole = time.time() - start
     out = tmp_path / "killed"
-    killed = kill_and_resume(train_cmd(write_config(tmp_path / "k.yaml", tiny_model, data, out)), out, KILLS,
+    killed = kill_and_resume(train_cmd(write_config(tmp_path / "k.yaml", tiny_model, data, out, epochs=3)), out, KILLS,
                              random.Random(0), timeline(plain, whole, KILLS))
     assert killed >= KILLS
     assert_same_end(out, plain)
-    assert len(json.loads((out / "run.json").read_text())["resumed"]) >= 1
+    assert len(json.loads((out / "run.json").read_text())["resumed"]) >= KILLS // 4  # it went on from checkpoints
 
 
 def test_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path):
@@ -173,6 +189,22 @@ def test_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path
     assert kill_and_resume(cmd, out, 5, random.Random(1), timeline(plain, whole, 5), env=env) >= 5
     run = json.loads((plain / "run.json").read_text())  # bare torchrun on CPUs: connected by DDP, replicas in step
     assert (run["world_size"], run["distributed_type"], run["replicas_max_abs_diff"]) == (2, "MULTI_CPU", 0.0)
+    assert json.loads((out / "run.json").read_text()).get("resumed")
+    assert_same_end(out, plain)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+def test_deepspeed_zero2_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path):
+    cli = [str(BIN / "embed-nb"), "train", "--num-processes", "2", "--strategy", "deepspeed", "--zero-stage", "2"]
+    plain = tmp_path / "plain"
+    start = time.time()
+    run_ok(cli + ["--config", str(write_config(tmp_path / "p.yaml", tiny_model, data, plain, batch_size=2))])
+    whole = time.time() - start
+    out = tmp_path / "killed"
+    cmd = cli + ["--config", str(write_config(tmp_path / "k.yaml", tiny_model, data, out, batch_size=2))]
+    assert kill_and_resume(cmd, out, 3, random.Random(2), timeline(plain, whole, 3)) >= 3
+    assert json.loads((plain / "run.json").read_text())["distributed_type"] == "DEEPSPEED"
+    assert json.loads((out / "run.json").read_text()).get("resumed")
     assert_same_end(out, plain)
 
 
