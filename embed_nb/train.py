@@ -383,7 +383,7 @@ class Run:
         self._build(cfg)
         self.out = Path(cfg.output_dir)
         self.step, self.last_eval, self.sums, self.micro, self.started = 0, None, {}, 0, time.time()
-        self.epoch, self.batch, self.rng, self.flags, self.signal = 0, 0, None, [], None
+        self.epoch, self.batch, self.rng, self.first_bad, self.signal = 0, 0, None, None, None
         self.run_id, description, log_lines = uuid.uuid4().hex[:12], self._description(settings), 0
         if self.claim.resume:
             description, log_lines = self.resume(self.claim.resume, description)
@@ -503,7 +503,10 @@ def train_step(self: Run, batch: dict) -> bool:
             norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             if isinstance(norm, torch.Tensor):  # (FSDP: this process's part; the check combines them)
                 bad = bad | ~torch.isfinite(getattr(norm, "to_local", lambda: norm)().detach())
-        self.flags.append((self.step + 1, bad))
+        step_bad = bad.long() * (self.step + 1)  # the first bad step is kept, on the device: nothing grows
+        self.first_bad = (
+            step_bad if self.first_bad is None else torch.where(self.first_bad > 0, self.first_bad, step_bad)
+        )
         self.optimizer.step()
         self.optimizer.zero_grad()
     for k, v in losses.items():
@@ -520,19 +523,20 @@ def train_step(self: Run, batch: dict) -> bool:
 @patch
 def check_finite(self: Run):
     "Stop the run (RunStopped) if a loss or gradient norm since the last check was nan or inf."
-    if not self.flags:
+    if self.first_bad is None:
         return
-    steps, flags = zip(*self.flags)
-    self.flags = []
-    bad = torch.stack([f.reshape(()) for f in flags]).float()
-    if self.world > 1:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    hits = torch.nonzero(bad).flatten().tolist()
-    if hits:
+    first, self.first_bad = self.first_bad.reshape(1).clone(), None
+    if self.world > 1:  # the earliest bad step of any process (0: none)
+        never = torch.full_like(first, 2**62)
+        first = torch.where(first > 0, first, never)
+        torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        first = torch.where(first == never, torch.zeros_like(first), first)
+    step = int(first.item())
+    if step:
         last = checkpoints(self.out, self.run_id)
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved before it"
         raise RunStopped(
-            f"step {steps[hits[0]]}: the loss or its gradients became nan or inf, so the run stopped without saving "
+            f"step {step}: the loss or its gradients became nan or inf, so the run stopped without saving "
             f"a model; {kept}. Lower lr (it is {self.cfg.lr}) or check the data; overwrite_output_dir: true starts again"
         )
 

@@ -186,7 +186,7 @@ def test_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path
     whole = time.time() - start
     out = tmp_path / "killed"
     cmd = torchrun + ["--config", str(write_config(tmp_path / "k.yaml", tiny_model, data, out, batch_size=2))]
-    assert kill_and_resume(cmd, out, 5, random.Random(1), timeline(plain, whole, 5), env=env) >= 5
+    assert kill_and_resume(cmd, out, 3, random.Random(1), timeline(plain, whole, 3), env=env) >= 3
     run = json.loads((plain / "run.json").read_text())  # bare torchrun on CPUs: connected by DDP, replicas in step
     assert (run["world_size"], run["distributed_type"], run["replicas_max_abs_diff"]) == (2, "MULTI_CPU", 0.0)
     assert json.loads((out / "run.json").read_text()).get("resumed")
