@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core import EmbedNbError, describe_config, load_config, parse_overrides
+from .core import EmbedNbError, atomic_write, describe_config, load_config, parse_overrides
 
 # %% auto #0
 __all__ = ['find_example_data', 'demo', 'build_parser', 'run_train', 'run_eval', 'main']
@@ -124,7 +124,7 @@ def demo(output_dir="runs/demo", data=None, model: str | None = None, **override
         "model": str(model_dir),
         "seconds": round(time.time() - start, 1),
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     _plots(out, before, after)
     base = Embedding.from_pretrained(cfg.model_name_or_path, use_mrl=True, mrl_dims=cfg.mrl_dims)
     _similarity_png(base, Embedding.from_pretrained(model_dir), held_out, out / "similarity.png")
@@ -208,7 +208,7 @@ def run_eval(a) -> dict:
     for dim, m in res.items():
         print(f"{dim:5d} " + "".join(f"{m[n]:11.4f}" for n in names))
     if a.out:
-        Path(a.out).write_text(json.dumps({"model": a.model, "data": a.data, "results": res}, indent=2) + "\n")
+        atomic_write(a.out, json.dumps({"model": a.model, "data": a.data, "results": res}, indent=2) + "\n")
     return res
 
 # %% ../nbs/09_cli.ipynb #426e4a4b
