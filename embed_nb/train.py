@@ -147,26 +147,35 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
     return next((p for p in reversed(checkpoints(out)) if (p / STATE / "progress.json").is_file()), None)
 
 
+def _check_lock(out: Path):
+    "Raise ConfigError while a live run holds `out/.lock` (the lock of a process gone from this host is stale)."
+    lock = out / LOCK
+    try:
+        other = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        other = {}
+    pid = other.get("pid")
+    if other.get("host") == platform.node() and not (isinstance(pid, int) and pid > 0 and _alive(pid)):
+        return
+    raise ConfigError(
+        f"output_dir {out} is in use by a run going on (pid {pid} on {other.get('host')}): wait for it, or choose "
+        f"another output_dir (if no run is going, delete {lock})"
+    )
+
+
 def _take_lock(out: Path):
     "Create `out/.lock` for this process, or raise ConfigError while another live run holds it."
-    lock, me = out / LOCK, {"pid": os.getpid(), "host": platform.node()}
+    me = json.dumps({"pid": os.getpid(), "host": platform.node()})
     try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(out / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        try:
-            other = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            other = {}
-        if other.get("host") == me["host"] and not _alive(int(other.get("pid", 0))):
-            atomic_write(lock, json.dumps(me))  # a stale lock: its process is gone
-            return
-        where = f"pid {other.get('pid')} on {other.get('host')}"
-        raise ConfigError(
-            f"output_dir {out} is in use by a run going on ({where}): wait for it, or choose another output_dir "
-            f"(if no run is going, delete {lock})"
-        ) from None
+        _check_lock(out)
+        atomic_write(out / LOCK, me)  # a stale lock: its process is gone
+        return
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(me))
+        f.write(me)
 
 
 def _clear_run(out: Path):
@@ -216,10 +225,8 @@ def claim_output(cfg: TrainConfig, take: bool = True, follow: bool = False) -> C
             "saves the model only): start afresh with overwrite_output_dir: true"
         )
     created = not out.exists()
-    if not take:
-        if out.is_dir() and (out / LOCK).exists():
-            _take_lock(out)  # refuses while a live run holds it ...
-            (out / LOCK).unlink()  # ... and this was a stale lock, gone now
+    if not take:  # a check only (`launch`, before its processes start): nothing is written
+        _check_lock(out)
         return Claim(out, resume, False, created)
     try:
         out.mkdir(parents=True, exist_ok=True)
