@@ -882,6 +882,7 @@ def _loop(run: Run, cfg: TrainConfig) -> Path:
                 run.stop()
             if done:
                 break
+        run.restore_rng()  # a resume at an epoch's last batch had no batch left to restore it at
         run.epoch, run.batch = epoch + 1, 0
         if run.eval_data and not cfg.eval_steps and run.step != run.last_eval:
             run.evaluate(epoch + 1.0)
