@@ -848,6 +848,11 @@ def _finished_already(cfg: TrainConfig) -> bool:
     done = cfg.resume_from_checkpoint == "auto" and not cfg.overwrite_output_dir and out.is_dir()
     if done and _run_state(out) == "finished":
         if int(os.environ.get("RANK", 0)) == 0:
+            try:
+                _check_lock(out)
+                (out / LOCK).unlink(missing_ok=True)  # stale: left by a run killed after it had finished
+            except ConfigError:
+                pass
             print(f"{out} holds a finished run: nothing to resume ({out / 'model'})")
         return True
     return False
