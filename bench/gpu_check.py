@@ -5,20 +5,20 @@ loss first -> last, peak GPU memory, saved model loads). Random-init weights fro
     python bench/gpu_check.py                # on one GPU (bench/gpu_check.sh), within ~8 minutes
     python bench/gpu_check.py --cpu          # the CPU-capable subset, small shapes: checks the script itself
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "example_data"
 
 
-def bert_model(path: Path, small: bool) -> str:
+def bert_model(path: Path, small: bool, tokenizer: str | None = None) -> str:
     "MiniLM-L6 shape (random weights) with the bundled MiniLM tokenizer, as a sentence-transformers folder."
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as m
     from transformers import AutoTokenizer, BertConfig, BertModel
     from embed_nb.model import default_model_path
-    tok = AutoTokenizer.from_pretrained(str(Path(default_model_path())))
+    tok = AutoTokenizer.from_pretrained(tokenizer or default_model_path())
     hidden, layers = (32, 2) if small else (384, 6)
     BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2 if small else 12,
                          intermediate_size=4 * hidden)).save_pretrained(path / "hf")
@@ -43,15 +43,19 @@ def decoder_model(path: Path, small: bool) -> str:
     return st_dir
 
 
-def run(cmd: list[str], out: Path, timeout: int) -> dict:
+def run(cmd: list[str], out: Path, timeout: int, log: Path | None = None) -> dict:
     "Run one entry point; what it did."
     start = time.time()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
         rc, err = r.returncode, r.stderr
-    except subprocess.TimeoutExpired:
+        if log:
+            log.write_text(" ".join(cmd) + f"\nexit {rc}\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}")
+    except subprocess.TimeoutExpired as e:
         rc, err = "timeout", f"no end after {timeout} s"
+        if log:
+            log.write_text(" ".join(cmd) + f"\ntimeout\n--- stdout\n{e.stdout}\n--- stderr\n{e.stderr}")
     row = {"seconds": round(time.time() - start, 1), "ok": rc == 0}
     if rc != 0:
         lines = [l for l in err.splitlines() if "Error" in l or "error:" in l] or err.strip().splitlines()[-1:] or [str(rc)]
@@ -89,55 +93,80 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cpu", action="store_true", help="the CPU-capable subset with small shapes")
     p.add_argument("--out", default=None, help="write the table as JSON here")
-    p.add_argument("--timeout", type=int, default=120, help="seconds per run")
+    p.add_argument("--timeout", type=int, default=180, help="seconds per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (they share the GPU; each gets its own ports)")
+    p.add_argument("--logs", default=None, help="keep each run's stdout and stderr in this folder")
+    p.add_argument("--only", default=None, help="run only the cases whose 'entry point strategy precision' matches this regex")
+    p.add_argument("--tokenizer", default=None, help="a BERT tokenizer folder (default: the bundled all-MiniLM-L6-v2's)")
     a = p.parse_args()
     py, bindir = sys.executable, Path(sys.executable).parent
+    tool = lambda name: str(bindir / name) if (bindir / name).exists() else (shutil.which(name) or name)
     tmp = Path(tempfile.mkdtemp())
-    bert, dec = bert_model(tmp / "bert", a.cpu), decoder_model(tmp / "dec", a.cpu)
+    bert, dec = bert_model(tmp / "bert", a.cpu, a.tokenizer), decoder_model(tmp / "dec", a.cpu)
     precisions = ["no", "bf16"] if a.cpu else ["no", "fp16", "bf16"]
     base = dict(train_dataset=str(EXAMPLES / "hard_neg.jsonl"), neg_nums=3, batch_size=16, max_steps=12, log_interval=1, lr=1e-4,
                 use_mrl=True, mrl_dims=[64, 128, 384] if not a.cpu else [8, 32], save_on_epoch_end=False, query_max_len=32, passage_max_len=64)
-    rows = []
+    cases = []  # (entry point, strategy, precision, config path, output folder, command)
 
     def case(entry, strategy, precision, model, cmd_for, **extra):
-        out = tmp / f"run{len(rows)}"
-        cfg = tmp / f"cfg{len(rows)}.yaml"
+        i = len(cases)
+        out, cfg, port = tmp / f"run{i}", tmp / f"cfg{i}.yaml", 29600 + i
         cfg.write_text(json.dumps({**base, "model_name_or_path": model, "output_dir": str(out), "mixed_precision": precision, **extra}))
-        row = {"entry point": entry, "strategy": strategy, "precision": precision, **run(cmd_for(cfg), out, a.timeout)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        cases.append((entry, strategy, precision, out, cmd_for(cfg, port)))
 
     cpu_env = ["env", "ACCELERATE_USE_CPU=true"] if a.cpu else []
     launch_py = "import sys, yaml; from embed_nb.train import launch; launch(yaml.safe_load(open(sys.argv[1])), num_processes=1, strategy=sys.argv[2], zero_stage=int(sys.argv[3]))"
+    acc = tool("accelerate")
     for precision in precisions:
         for strategy, zero in [("ddp", 2), ("fsdp", 2), ("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]:
             name = strategy + (f"-zero{zero}" if strategy == "deepspeed" else "")
-            case("launch()", name, precision, bert, lambda c: [py, "-c", launch_py, str(c), strategy, str(zero)])
-            case("embed-nb train", name, precision, bert, lambda c: [str(bindir / "embed-nb"), "train", "--config", str(c), "--num-processes", "1",
-                                                                      "--strategy", strategy, "--zero-stage", str(zero)])
-        case("torchrun -m embed_nb.train", "ddp", precision, bert, lambda c: [*cpu_env, str(bindir / "torchrun"), "--nproc_per_node", "1", "-m",
-                                                                              "embed_nb.train", "--config", str(c)])
+            case("launch()", name, precision, bert, lambda c, port, s=strategy, z=zero: [py, "-c", launch_py, str(c), s, str(z)])
+            case("embed-nb train", name, precision, bert, lambda c, port, s=strategy, z=zero: [
+                tool("embed-nb"), "train", "--config", str(c), "--num-processes", "1", "--strategy", s, "--zero-stage", str(z)])
+        case("torchrun -m embed_nb.train", "ddp", precision, bert, lambda c, port: [
+            *cpu_env, tool("torchrun"), "--nproc_per_node", "1", "--master_port", str(port), "-m", "embed_nb.train", "--config", str(c)])
         for zero in (1, 2, 3):
-            case("accelerate launch (deepspeed_zero2.yaml)", f"deepspeed-zero{zero}", precision, bert,
-                 lambda c: [str(bindir / "accelerate"), "launch", "--config_file", str(EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"),
-                            "--num_processes", "1", "--zero_stage", str(zero), "-m", "embed_nb.train", "--config", str(c)])
+            case("accelerate launch (deepspeed_zero2.yaml)", f"deepspeed-zero{zero}", precision, bert, lambda c, port, z=zero: [
+                acc, "launch", "--config_file", str(EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "1",
+                "--main_process_port", str(port), "--zero_stage", str(z), "-m", "embed_nb.train", "--config", str(c)])
         if not a.cpu:  # accelerate's FSDP plugin needs a GPU
             for version in (1, 2):
-                case("accelerate launch (default_fsdp.yaml)", f"fsdp{version}", precision, bert,
-                     lambda c: [str(bindir / "accelerate"), "launch", "--config_file", str(fsdp_yaml(tmp, version)), "--num_processes", "1",
-                                "-m", "embed_nb.train", "--config", str(c)])
+                case("accelerate launch (default_fsdp.yaml)", f"fsdp{version}", precision, bert, lambda c, port, v=version: [
+                    acc, "launch", "--config_file", str(fsdp_yaml(tmp, v)), "--num_processes", "1", "--main_process_port", str(port),
+                    "-m", "embed_nb.train", "--config", str(c)])
     lora = dict(lora={"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, gradient_checkpointing=True,
                 query_prompt="Instruct: find the answer\nQuery: ", use_mrl=False, batch_size=8)
     for strategy, zero in [("deepspeed", 2), ("deepspeed", 3), ("fsdp", 2)]:
         name = "decoder+LoRA " + strategy + (f"-zero{zero}" if strategy == "deepspeed" else "")
-        case("launch()", name, "no" if a.cpu else "bf16", dec, lambda c: [py, "-c", launch_py, str(c), strategy, str(zero)], **lora)
+        case("launch()", name, "no" if a.cpu else "bf16", dec, lambda c, port, s=strategy, z=zero: [py, "-c", launch_py, str(c), s, str(z)], **lora)
+    if a.only:
+        cases = [c for c in cases if re.search(a.only, " ".join(c[:3]))]
+    logs = Path(a.logs) if a.logs else None
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def one(i_case):
+        i, (entry, strategy, precision, out, cmd) = i_case
+        row = {"entry point": entry, "strategy": strategy, "precision": precision,
+               **run(cmd, out, a.timeout, logs / f"{i:02d}.log" if logs else None)}
+        print(json.dumps(row), flush=True)
+        return row
+
+    from concurrent.futures import ThreadPoolExecutor
+    start = time.time()
+    first = sorted(enumerate(cases), key=lambda ic: "decoder" not in ic[1][1])  # the longest runs start first
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        done = dict(zip([i for i, _ in first], pool.map(one, first)))
+    rows = [done[i] for i in range(len(cases))]
     cols = ["entry point", "strategy", "precision", "ran as", "ok", "loss", "peak_gib", "loads", "seconds", "error"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    ok = sum(bool(r["ok"] and r.get("loads")) for r in rows)
+    print(f"\n{ok} of {len(rows)} runs trained and saved a model that loads; {time.time() - start:.0f} s with {a.jobs} at a time")
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
-    sys.exit(0 if all(r["ok"] and r.get("loads") for r in rows) else 1)
+    sys.exit(0 if ok == len(rows) else 1)
 
 
 if __name__ == "__main__":

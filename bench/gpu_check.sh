@@ -3,13 +3,16 @@
 # on one GPU, offline; prints one table and writes bench/results/gpu_check.json. CI never runs it.
 #   bench/gpu_check.sh            # needs a CUDA torch, embed_nb[dev] (deepspeed, peft) installed: no network used
 #   bench/gpu_check.sh --cpu      # the CPU-capable subset with small shapes (checks the script, not the GPU paths)
+#   bench/gpu_check.sh --jobs 8 --logs DIR   # 8 runs at a time on the one GPU (each its own ports); each run's output kept
 # PYTHON picks the interpreter (default python3; from a checkout set up by make: PYTHON=.venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ "${1:-}" != "--cpu" ]; then
+suffix=""
+for arg in "$@"; do if [ "$arg" = "--cpu" ]; then suffix=_cpu; fi; done
+if [ -z "$suffix" ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
 fi
 mkdir -p bench/results
-exec "$PY" bench/gpu_check.py --out "bench/results/gpu_check${1:+_cpu}.json" "$@"
+exec "$PY" bench/gpu_check.py --out "bench/results/gpu_check${suffix}.json" "$@"
