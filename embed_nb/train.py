@@ -505,12 +505,14 @@ def train_step(self: Run, batch: dict) -> bool:
     "Train on one micro-batch; True when it completed an optimizer step."
     with self.acc.accumulate(self.model), self.acc.autocast():
         losses = self.forward_backward(batch)
-        bad = ~torch.isfinite(losses["loss"].detach())  # read at the next check, not now: no wait for the device
+        code = (~torch.isfinite(losses["loss"].detach())).long()  # read at the next check: no wait for the device
         if self.acc.sync_gradients and self.cfg.max_grad_norm:
             norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            if isinstance(norm, torch.Tensor):  # (FSDP: this process's part; the check combines them)
-                bad = bad | ~torch.isfinite(getattr(norm, "to_local", lambda: norm)().detach())
-        step_bad = bad.long() * (self.step + 1)  # the first bad step is kept, on the device: nothing grows
+            # fp16's loss scaler skips a step whose gradients overflowed and lowers the scale: expected, not an error
+            if isinstance(norm, torch.Tensor) and getattr(self.acc, "scaler", None) is None:
+                local = getattr(norm, "to_local", lambda: norm)().detach()  # (FSDP: this process's part)
+                code = code + 2 * (~torch.isfinite(local)).long()
+        step_bad = (code > 0).long() * (4 * (self.step + 1) + code)  # the first bad step and what was bad: one number
         self.first_bad = (
             step_bad if self.first_bad is None else torch.where(self.first_bad > 0, self.first_bad, step_bad)
         )
@@ -538,12 +540,13 @@ def check_finite(self: Run):
         first = torch.where(first > 0, first, never)
         torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
         first = torch.where(first == never, torch.zeros_like(first), first)
-    step = int(first.item())
+    step, code = divmod(int(first.item()), 4)
     if step:
         last = checkpoints(self.out, self.run_id)
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved before it"
+        what = {1: "the loss", 2: "the gradient norm (the loss was finite)", 3: "the loss and its gradients"}[code]
         raise RunStopped(
-            f"step {step}: the loss or its gradients became nan or inf, so the run stopped without saving "
+            f"step {step}: {what} became nan or inf, so the run stopped without saving "
             f"a model; {kept}. Lower lr (it is {self.cfg.lr}) or check the data; overwrite_output_dir: true starts again"
         )
 
