@@ -15,7 +15,7 @@ from pathlib import Path
 from .core import EmbedNbError, atomic_write, describe_config, load_config, parse_overrides
 
 # %% auto #0
-__all__ = ['find_example_data', 'demo', 'build_parser', 'run_train', 'run_eval', 'main']
+__all__ = ['find_example_data', 'demo', 'build_parser', 'run_train', 'run_mine', 'run_score', 'run_teacher', 'run_eval', 'main']
 
 # %% ../nbs/09_cli.ipynb #cb932442
 def find_example_data(path=None) -> Path:
@@ -169,6 +169,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None)
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     sub.add_parser("keys", help="list every config key with its type, default and meaning")
+    m = sub.add_parser("mine", help="mine hard negatives for {query, pos} lines: writes {query, pos, neg}")
+    m.add_argument("--model", default=None, help="model that ranks the corpus (default: the embedded model)")
+    m.add_argument("--data", required=True, help="{query, pos} or {query, pos, neg} jsonl file")
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--corpus", default=None, help="corpus jsonl ({text} or BEIR {_id, title, text} lines)")
+    src.add_argument("--from-data", action="store_true", help="mine from the data's own pos and neg texts (default)")
+    m.add_argument("--out", required=True, help="hard-negative jsonl file to write")
+    m.add_argument("--num-negatives", type=int, default=7, help="negatives per query")
+    m.add_argument("--range", default="10-100", help="ranks to sample from, positives removed (1: the top)")
+    m.add_argument("--margin", type=float, default=0.95, help="drop candidates above margin x the positive's score")
+    m.add_argument("--max-score", type=float, default=None, help="drop candidates above this cosine similarity")
+    m.add_argument("--cross-encoder", default=None, help="a CrossEncoder that filters the candidates again")
+    m.add_argument("--ce-margin", type=float, default=1.0, help="... above ce-margin x its score of the positive")
+    m.add_argument("--query-prompt", default=None, help="prompt of queries without their own prompt_for_query")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("score", help="grade each query's documents with a cross-encoder: writes {query, pos, scores}")
+    s.add_argument("--cross-encoder", required=True, help="sentence-transformers CrossEncoder name or folder")
+    s.add_argument("--data", required=True, help="{query, pos} or {query, pos, neg} jsonl file")
+    s.add_argument("--out", required=True, help="scored jsonl file to write")
+    s.add_argument("--batch-size", type=int, default=32)
+    te = sub.add_parser(
+        "teacher", help="teacher embeddings of a jsonl file's queries: a float32 file for distillation"
+    )
+    te.add_argument("--model", action="append", required=True, help="a teacher; give two to concatenate them")
+    te.add_argument("--prompt", action="append", default=None, help="each teacher's instruction, in the same order")
+    te.add_argument("--data", required=True, help="jsonl file with a 'query' on each line")
+    te.add_argument("--out", required=True, help="float32 file to write (and OUT.json beside it)")
+    te.add_argument("--batch-size", type=int, default=64)
+    te.add_argument("--chunk", type=int, default=4096, help="rows written at a time (a rerun resumes after them)")
     return p
 
 # %% ../nbs/09_cli.ipynb #5fd35b44
@@ -192,6 +222,54 @@ def run_train(a) -> Path:
     return saved
 
 
+def _out_file(path: str) -> str:
+    "A file path to write: not a directory, in a folder that exists (else an error before any work)."
+    if Path(path).is_dir() or not Path(path).resolve().parent.is_dir():
+        raise EmbedNbError(f"--out {path}: a file to write is needed (a directory, or a missing folder, was given)")
+    return path
+
+
+def run_mine(a):
+    "`embed-nb mine`: hard negatives from a corpus (or the data's own documents)."
+    from embed_nb.mine import mine_hard_negatives
+
+    report = mine_hard_negatives(
+        a.model,
+        a.data,
+        _out_file(a.out),
+        corpus=a.corpus,
+        num_negatives=a.num_negatives,
+        rank_range=a.range,
+        margin=a.margin,
+        max_score=a.max_score,
+        cross_encoder=a.cross_encoder,
+        ce_margin=a.ce_margin,
+        batch_size=a.batch_size,
+        query_prompt=a.query_prompt,
+        seed=a.seed,
+    )
+    print(report)
+    return report
+
+
+def run_score(a):
+    "`embed-nb score`: grades from a cross-encoder."
+    from embed_nb.mine import score_with_cross_encoder
+
+    n = score_with_cross_encoder(a.cross_encoder, a.data, _out_file(a.out), batch_size=a.batch_size)
+    print(f"{a.out}: {n} scored lines")
+
+
+def run_teacher(a):
+    "`embed-nb teacher`: one or two teachers' vectors as a float32 file."
+    from embed_nb.mine import teacher_embeddings
+
+    if a.prompt is not None and len(a.prompt) != len(a.model):
+        raise EmbedNbError(f"{len(a.prompt)} --prompt for {len(a.model)} --model: give one per teacher, in order")
+    meta = teacher_embeddings(a.model, a.data, _out_file(a.out), a.prompt, a.batch_size, a.chunk)
+    print(f"{a.out}: {meta['rows']} rows x {meta['dim']} float32 (teatch_emebedding_dim: {meta['dim']})")
+
+
 def run_eval(a) -> dict:
     "`embed-nb eval`: print (and save) the metrics of a model per dimension."
     from embed_nb.evaluate import evaluate, load_retrieval_data
@@ -199,8 +277,8 @@ def run_eval(a) -> dict:
 
     if min(a.k or [1]) < 1 or min(a.dims or [1]) < 1:
         raise EmbedNbError(f"--k and --dims must be at least 1, got --k {a.k} --dims {a.dims}")
-    if a.out and (Path(a.out).is_dir() or not Path(a.out).resolve().parent.is_dir()):
-        raise EmbedNbError(f"--out {a.out}: a file to write is needed (a directory, or a missing folder, was given)")
+    if a.out:
+        _out_file(a.out)
     data = load_retrieval_data(a.data, a.split)
     res = evaluate(Embedding.from_pretrained(a.model), data, dims=a.dims, ks=a.k, query_prompt=a.query_prompt)
     names = list(next(iter(res.values())))
@@ -219,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         "train": run_train,
         "eval": run_eval,
         "keys": lambda a: print(describe_config()),
+        "mine": run_mine,
+        "score": run_score,
+        "teacher": run_teacher,
         "demo": lambda a: demo(a.output_dir, a.data, a.model, **parse_overrides(a.set)),
     }
     try:

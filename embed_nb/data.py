@@ -183,6 +183,13 @@ def load_teacher_vectors(path, rows: int, dim: int | None = None) -> np.ndarray:
     side = path.with_name(path.name + ".json")
     if side.is_file():
         meta = json.loads(side.read_text())
+        if meta.get("complete") is False:
+            raise DataError(
+                path,
+                None,
+                f"{side.name} says only {meta.get('done_rows', 0)} of {meta.get('rows')} rows were written (an "
+                "interrupted `embed-nb teacher`): run it again to finish",
+            )
         if meta.get("dtype", "float32") != "float32":
             raise DataError(path, None, f"{side.name} says dtype {meta['dtype']}: embed_nb reads float32 vectors")
         if meta.get("rows", rows) != rows:

@@ -369,13 +369,14 @@ class Embedding(nn.Module):
         path,  # folder to write (created if missing)
         merge_lora: bool = True,  # save LoRA adapters merged into the weights: a plain model
         meta: dict | None = None,  # more to record in `embed_nb.json`
+        card: str | None = None,  # the model card (README.md); None: the one sentence-transformers writes
     ) -> str:
         "Save as a sentence-transformers folder (plus the trained `mrl_dims` in `embed_nb.json`), atomically."
         with atomic_folder(path) as tmp:
-            self.write(tmp, merge_lora, meta)
+            self.write(tmp, merge_lora, meta, card)
         return str(path)
 
-    def write(self, folder, merge_lora: bool = True, meta: dict | None = None):
+    def write(self, folder, merge_lora: bool = True, meta: dict | None = None, card: str | None = None):
         "Write the model's files into `folder` (`save_pretrained` without the atomic rename)."
         bad = nonfinite(self)
         if bad:
@@ -383,3 +384,5 @@ class Embedding(nn.Module):
         with _merged(self.model[0], merge_lora):
             self.model.save(str(folder))
         (Path(folder) / META_FILE).write_text(json.dumps({"mrl_dims": self.mrl_dims, **(meta or {})}) + "\n")
+        if card is not None:  # replaces the card sentence-transformers wrote (the base model's, for a fine-tune)
+            (Path(folder) / "README.md").write_text(card, encoding="utf-8")

@@ -64,7 +64,8 @@ from .losses import make_loss
 from .model import Embedding
 
 # %% auto #0
-__all__ = ['LOCK', 'STATE', 'RESUME_FREE', 'checkpoints', 'Claim', 'claim_output', 'RunLog', 'Run', 'train', 'launch', 'main']
+__all__ = ['LOCK', 'STATE', 'LOSS_TEXT', 'RESUME_FREE', 'checkpoints', 'Claim', 'claim_output', 'RunLog', 'Run', 'model_card',
+           'train', 'launch', 'main']
 
 # %% ../nbs/07_train.ipynb #71b1eaee
 def _optimizer(model, cfg: TrainConfig):
@@ -681,6 +682,133 @@ def evaluate(self: Run, epoch: float):
         self.log.write(record, {f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()})
     self.barrier()
 
+# %% ../nbs/07_train.ipynb #776747b4
+LOSS_TEXT = {
+    "info_nce": "InfoNCE over in-batch negatives{hard} (logits: cosine / {t})",
+    "score_kl": "KL divergence from the softmax of the graded scores to the model's similarities (temperature {t})",
+    "distill": "distillation towards the teacher's embeddings (`{vec}`)",
+}
+
+
+def _last_eval(log: Path) -> tuple[int, dict] | None:
+    "The step and per-dimension metrics of the last evaluation in a run's `log.jsonl`, if any."
+    last = None
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            if '"eval"' in line:
+                rec = json.loads(line)
+                last = (rec["step"], rec["eval"])
+    return last
+
+
+def model_card(
+    cfg: TrainConfig,  # the run's config
+    data_format: str,  # the training data's format
+    rows: int,  # training rows
+    width: int,  # the model's output width
+    mrl_dims: list[int] | None,  # trained Matryoshka dimensions
+    steps: int,  # optimizer steps done
+    seconds: float,  # training time
+    world: int = 1,  # processes
+    evaluation: tuple[int, dict] | None = None,  # (step, {dim: {metric: value}}) of the last evaluation
+) -> str:
+    "The README.md of a fine-tuned model: what it is, how to load it, how it was trained and how it scored."
+    from embed_nb.data import FORMATS
+
+    base = cfg.model_name_or_path or "sentence-transformers/all-MiniLM-L6-v2"
+    fmt = FORMATS[data_format]
+    dims = sorted(mrl_dims or [])
+    tags = ["sentence-transformers", "sentence-similarity", "embed_nb"] + (["matryoshka"] if len(dims) > 1 else [])
+    loss = LOSS_TEXT[fmt.loss].format(
+        hard=f" and {cfg.neg_nums} hard negatives per query" if fmt.hard_negatives else "",
+        t=cfg.score_temperature or cfg.temperature if fmt.graded else cfg.temperature,
+        vec=cfg.train_dataset_vec,
+    )
+    small = f", truncate_dim={dims[0]}" if len(dims) > 1 else ""
+    prompt = cfg.query_prompt or ""
+    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]
+    lines += [f"- {t}" for t in tags] + [f"base_model: {base}" if cfg.model_name_or_path else "", "---", ""]
+    lines += [
+        f"# {Path(cfg.output_dir).name}: {base} fine-tuned with embed_nb",
+        "",
+        f"A sentence-transformers model that maps text to {width}-dimensional vectors for retrieval, fine-tuned from "
+        f"`{base}`" + (" (the copy embedded in embed_nb)" if not cfg.model_name_or_path else "") + ".",
+    ]
+    if len(dims) > 1:
+        lines += [
+            "",
+            f"Trained with Matryoshka representation learning at {', '.join(map(str, dims))} dimensions: the "
+            "first of those dimensions of each vector are an embedding too, smaller and faster to search.",
+        ]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("path/to/this/folder"{small})',
+        f'vectors = model.encode(["{prompt}how do I reset it?"], normalize_embeddings=True)',
+        "```",
+    ]
+    if prompt:
+        lines += ["", f"Queries were trained with the instruction `{prompt!r}` in front; documents without one."]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- data: `{cfg.train_dataset}`, {rows} training rows in the `{data_format}` "
+        f"format `{fmt.keys}` ({fmt.documents_per_row} per query)",
+        f"- loss: {loss}",
+    ]
+    if len(dims) > 1:
+        lines += [f"- Matryoshka: the loss at each of {dims}, averaged"]
+    lines += [
+        f"- {steps} optimizer steps on {world} process{'es' if world > 1 else ''}, {seconds:.0f} s",
+        "",
+        "| key | value |",
+        "|---|---|",
+    ]
+    keys = [
+        "lr",
+        "batch_size",
+        "epochs",
+        "max_steps",
+        "neg_nums",
+        "temperature",
+        "query_max_len",
+        "passage_max_len",
+        "warmup_proportion",
+        "weight_decay",
+        "gradient_accumulation_steps",
+        "mixed_precision",
+        "cached",
+        "mini_batch_size",
+        "lora",
+        "seed",
+    ]
+    shown = [k for k in keys if getattr(cfg, k, None) not in (None, False) and (k != "mini_batch_size" or cfg.cached)]
+    lines += [f"| {k} | {getattr(cfg, k)} |" for k in shown]
+    if evaluation:
+        step, results = evaluation
+        names = list(next(iter(results.values())))
+        lines += [
+            "",
+            "## Held-out retrieval",
+            "",
+            f"`{cfg.eval_dataset}`, evaluated at step {step}:",
+            "",
+            "| dimensions | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        lines += [
+            f"| {d} | " + " | ".join(f"{m[n]:.4f}" for n in names) + " |"
+            for d, m in sorted(results.items(), key=lambda kv: int(kv[0]))
+        ]
+    else:
+        lines += ["", "No held-out evaluation ran (the config has no `eval_dataset`)."]
+    return "\n".join(lines) + "\n"
+
 # %% ../nbs/07_train.ipynb #2154e059
 RESUME_FREE = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "log_with", "num_max_checkpoints"}
 RESUME_FREE |= {"save_steps", "save_on_epoch_end", "eval_dataset", "eval_steps", "eval_dims", "eval_k"}
@@ -714,10 +842,21 @@ def save_model(self: Run, trained: Embedding, path: Path, meta: dict | None = No
     "Save `trained` under `path`: LoRA adapters merged in unless the config's `lora` says `merge: false`."
     merge = (self.cfg.lora or {}).get("merge", True)
     meta = {"run_id": self.run_id, "step": self.step, **(meta or {})}
+    card = model_card(
+        self.cfg,
+        self.dataset.format,
+        len(self.dataset),
+        trained.dim,
+        self.mrl_dims,
+        self.step,
+        time.time() - self.started,
+        self.world,
+        _last_eval(self.out / "log.jsonl"),
+    )
     if atomic:
-        trained.save_pretrained(path, merge_lora=merge, meta=meta)
+        trained.save_pretrained(path, merge_lora=merge, meta=meta, card=card)
     else:
-        trained.write(path, merge_lora=merge, meta=meta)
+        trained.write(path, merge_lora=merge, meta=meta, card=card)
 
 
 @patch
