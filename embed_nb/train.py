@@ -682,7 +682,7 @@ def evaluate(self: Run, epoch: float):
         self.log.write(record, {f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()})
     self.barrier()
 
-# %% ../nbs/07_train.ipynb #776747b4
+# %% ../nbs/07_train.ipynb #601f7bc9
 LOSS_TEXT = {
     "info_nce": "InfoNCE over in-batch negatives{hard} (logits: cosine / {t})",
     "score_kl": "KL divergence from the softmax of the graded scores to the model's similarities (temperature {t})",
@@ -724,10 +724,15 @@ def model_card(
         t=cfg.score_temperature or cfg.temperature if fmt.graded else cfg.temperature,
         vec=cfg.train_dataset_vec,
     )
-    small = f", truncate_dim={dims[0]}" if len(dims) > 1 else ""
+    small = ""
+    if len(dims) > 1:  # suggest the smallest dimension within 2% of the best held-out nDCG@10 (else the smallest)
+        scored = {int(d): m.get("ndcg@10") for d, m in (evaluation or (0, {}))[1].items()}
+        best = max((v for v in scored.values() if v is not None), default=None)
+        good = [d for d in dims if best is not None and scored.get(d) is not None and scored[d] >= 0.98 * best]
+        small = f", truncate_dim={min(good or dims)}"
     prompt = cfg.query_prompt or ""
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]
-    lines += [f"- {t}" for t in tags] + [f"base_model: {base}" if cfg.model_name_or_path else "", "---", ""]
+    lines += [f"- {t}" for t in tags] + [f"base_model: {base}", "---", ""]
     lines += [
         f"# {Path(cfg.output_dir).name}: {base} fine-tuned with embed_nb",
         "",
@@ -738,7 +743,8 @@ def model_card(
         lines += [
             "",
             f"Trained with Matryoshka representation learning at {', '.join(map(str, dims))} dimensions: the "
-            "first of those dimensions of each vector are an embedding too, smaller and faster to search.",
+            f"first {', '.join(map(str, dims[:-1]))} numbers of each vector are embeddings too, smaller and faster "
+            "to search (`truncate_dim`).",
         ]
     lines += [
         "",
@@ -758,11 +764,14 @@ def model_card(
         "## Training",
         "",
         f"- data: `{cfg.train_dataset}`, {rows} training rows in the `{data_format}` "
-        f"format `{fmt.keys}` ({fmt.documents_per_row} per query)",
+        f"format `{fmt.keys}` ({fmt.documents_per_row.replace('neg_nums', str(cfg.neg_nums))} per query)",
         f"- loss: {loss}",
     ]
     if len(dims) > 1:
-        lines += [f"- Matryoshka: the loss at each of {dims}, averaged"]
+        lines += [
+            f"- Matryoshka: the loss at each of {dims} dimensions, averaged"
+            + (f" with weights {cfg.mrl_weights}" if cfg.mrl_weights else "")
+        ]
     lines += [
         f"- {steps} optimizer steps on {world} process{'es' if world > 1 else ''}, {seconds:.0f} s",
         "",
