@@ -5,7 +5,8 @@
 
 The teacher is any sentence-transformers model (default: the embedded all-MiniLM-L6-v2, 384 dims; in real use a
 larger model than the student). Vectors are normalised. Set `teatch_emebedding_dim` in the training config to the
-width this prints.
+width this prints. It wrote the example's distill_teacher.f32. For your own data use `embed-nb teacher` (one or two
+teachers concatenated, each with its prompt, written in resumable chunks with a json the trainer checks).
 """
 import argparse, json
 import numpy as np
