@@ -168,22 +168,30 @@ def mine_hard_negatives(
     k = min(len(docs), hi + max(map(len, pos_ids)))
     scores, found = search(q, d, k, doc_block=doc_block)
     ce, rng = _load_cross_encoder(cross_encoder), random.Random(seed)
-    lines, pos_scores, neg_scores, dropped, short = [], [], [], 0, 0
-    for r, ((_, record, c), pids) in enumerate(zip(rows, pos_ids)):
-        pos_score = float(min(q[r] @ d[j] for j in pids))
-        ranked = [(float(s), int(j)) for s, j in zip(scores[r], found[r]) if int(j) not in pids][lo - 1 : hi]
+    pos_scores, ranked, kept = [], [], []  # per query: the positive's score, the candidates in range, those kept
+    for r, pids in enumerate(pos_ids):
+        pos_scores.append(float(min(q[r] @ d[j] for j in pids)))
+        ranked.append([(float(s), int(j)) for s, j in zip(scores[r], found[r]) if int(j) not in pids][lo - 1 : hi])
         limit = min(
-            margin * pos_score if margin is not None else np.inf, max_score if max_score is not None else np.inf
+            margin * pos_scores[-1] if margin is not None else np.inf, max_score if max_score is not None else np.inf
         )
-        keep = [(s, j) for s, j in ranked if s <= limit]
-        if ce is not None and keep:
-            graded = ce.predict([(c["query"], docs[j]) for _, j in keep] + [(c["query"], t) for t in c["pos"]])
+        kept.append([(s, j) for s, j in ranked[-1] if s <= limit])
+    if ce is not None:  # one batched pass over every (query, candidate) and (query, positive) pair
+        pairs = [
+            [(c["query"], docs[j]) for _, j in keep] + [(c["query"], t) for t in c["pos"]]
+            for (_, _, c), keep in zip(rows, kept)
+        ]
+        grades = ce.predict([p for ps in pairs for p in ps], show_progress_bar=False)
+        at = np.cumsum([0] + [len(ps) for ps in pairs])
+        for r, keep in enumerate(kept):
+            graded = grades[at[r] : at[r + 1]]
             ce_pos = float(min(graded[len(keep) :]))
-            keep = [sj for sj, g in zip(keep, graded) if ce_margin is None or g <= ce_margin * ce_pos]
-        dropped += len(ranked) - len(keep)
+            kept[r] = [sj for sj, g in zip(keep, graded) if ce_margin is None or g <= ce_margin * ce_pos]
+    lines, neg_scores, short = [], [], 0
+    dropped = sum(len(a) - len(b) for a, b in zip(ranked, kept))
+    for (_, record, _), keep in zip(rows, kept):
         chosen = sorted(rng.sample(keep, min(num_negatives, len(keep))), reverse=True)
         short += len(chosen) < num_negatives
-        pos_scores.append(pos_score)
         neg_scores.append([s for s, _ in chosen])
         if chosen:
             lines.append(json.dumps({**record, "neg": [docs[j] for _, j in chosen]}, ensure_ascii=False))
