@@ -136,9 +136,10 @@ def main():
                     "-m", "embed_nb.train", "--config", str(c)])
     lora = dict(lora={"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}, gradient_checkpointing=True,
                 query_prompt="Instruct: find the answer\nQuery: ", use_mrl=False, batch_size=8)
-    for strategy, zero in [("deepspeed", 2), ("deepspeed", 3), ("fsdp", 2)]:
-        name = "decoder+LoRA " + strategy + (f"-zero{zero}" if strategy == "deepspeed" else "")
-        case("launch()", name, "no" if a.cpu else "bf16", dec, lambda c, port, s=strategy, z=zero: [py, "-c", launch_py, str(c), s, str(z)], **lora)
+    full = dict(lora=None, gradient_checkpointing=False, query_prompt=lora["query_prompt"], use_mrl=False, batch_size=8)
+    for strategy, zero, how in [("deepspeed", 2, lora), ("deepspeed", 3, lora), ("fsdp", 2, lora), ("ddp", 2, lora), ("fsdp", 2, full)]:
+        name = ("decoder+LoRA " if how["lora"] else "decoder ") + strategy + (f"-zero{zero}" if strategy == "deepspeed" else "")
+        case("launch()", name, "no" if a.cpu else "bf16", dec, lambda c, port, s=strategy, z=zero: [py, "-c", launch_py, str(c), s, str(z)], **how)
     if a.only:
         cases = [c for c in cases if re.search(a.only, " ".join(c[:3]))]
     logs = Path(a.logs) if a.logs else None

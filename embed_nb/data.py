@@ -325,18 +325,16 @@ class TokenCache:
         return np.array([len(self.ids[t]) for t in texts])
 
     def batch(self, texts, pad_to: int | None = None, multiple: int = 1) -> dict:
-        "Tensors for `texts`, padded to the longest rounded up to a `multiple` (or to `pad_to`), on the padding side."
+        "Tensors for `texts`, padded on the right to the longest rounded up to a `multiple` (or to `pad_to`)."
         self.add(texts)
         seqs = [self.ids[t] for t in texts]
         longest = max(len(s) for s in seqs)
         width = pad_to or min(-(-longest // multiple) * multiple, max(self.max_len, longest))
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        left = getattr(self.tokenizer, "padding_side", "right") == "left"
         for i, s in enumerate(seqs):
-            span = slice(width - len(s), width) if left else slice(0, len(s))
-            ids[i, span] = torch.from_numpy(s.astype(np.int64))
-            mask[i, span] = 1
+            ids[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
+            mask[i, : len(s)] = 1
         out = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.names:
             out["token_type_ids"] = torch.zeros_like(ids)

@@ -98,26 +98,19 @@ def make_tiny_model(
     return str(path / "model")
 
 # %% ../nbs/03_model.ipynb #7f45305b
-def _decoder_tokenizer(vocab: list[str], padding_side: str):
-    "A word-level tokenizer over `vocab` that lower-cases, splits on whitespace and ends each text with <|endoftext|>."
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
+def _decoder_tokenizer(words: list[str], padding_side: str):
+    "A byte-level BPE `Qwen2Tokenizer` whose merges make each of `words` (alone or after a space) one token."
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
 
-    words = ["<unk>", "<|endoftext|>"] + vocab
-    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        padding_side=padding_side,
-    )
+    vocab = {"<|endoftext|>": 0} | {c: i + 1 for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = []
+    for form in ["Ġ" + w for w in words] + list(words):  # "Ġ" (a space) first: " cat" is one token, not " " + "cat"
+        for i in range(2, len(form) + 1):
+            if form[:i] not in vocab:
+                vocab[form[:i]] = len(vocab)
+                merges.append((form[: i - 1], form[i - 1]))
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, padding_side=padding_side)
 
 # %% ../nbs/03_model.ipynb #1f1d7463
 def make_tiny_decoder(
@@ -133,7 +126,7 @@ def make_tiny_decoder(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = _decoder_tokenizer(sorted({w for t in texts for w in re.findall(r"\w+", t.lower())}), padding_side)
+    tok = _decoder_tokenizer(sorted({w for t in texts for w in re.findall(r"\w+", t)}), padding_side)
     torch.manual_seed(seed)
     cfg = Qwen2Config(
         vocab_size=len(tok),
