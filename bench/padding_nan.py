@@ -4,6 +4,10 @@ A Qwen2-0.5B-shaped decoder (random weights, float32, fewer layers), last-token 
 8 query/passage pairs of different lengths, under `torch.autocast(bfloat16)` as accelerate runs it. Each variant pads
 the same texts on the left or on the right, with SDPA or eager attention, and reports whether the loss and the
 gradient norm are finite. Run: `python bench/padding_nan.py [--layers 4] [--out results.json]` (CUDA when present).
+
+`--train`: instead, embed_nb's own training of gpu_check's Qwen2-0.5B-shaped decoder (LoRA, gradient checkpointing,
+bf16, 12 steps, one process) twice: with batches padded on the left (`TokenCache.batch` wrapped to move the padding
+to the left, as the tokenizer's `padding_side` did before) and on the right (what embed_nb does).
 """
 
 import argparse
@@ -32,11 +36,58 @@ def batch(lengths: list[int], side: str, vocab: int, gen: torch.Generator) -> di
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def left_padded(batch_fn):
+    "Wrap `TokenCache.batch` so that its right-padded rows are moved to the left."
+    def wrapped(self, *args, **kw):
+        out = batch_fn(self, *args, **kw)
+        n = out["attention_mask"].sum(1)
+        for k, v in out.items():
+            out[k] = torch.stack([torch.roll(row, int(v.shape[1] - c)) for row, c in zip(v, n)])
+        return out
+    return wrapped
+
+
+def train_both(out: str | None):
+    "embed_nb's training of the 0.5B-shaped decoder in bf16, padded on the left and on the right."
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_check import EXAMPLES, decoder_model
+
+    from embed_nb.core import EmbedNbError
+    from embed_nb.data import TokenCache
+    from embed_nb.train import train
+
+    tmp = Path(tempfile.mkdtemp())
+    dec, right, rows = decoder_model(tmp / "dec", small=not torch.cuda.is_available()), TokenCache.batch, []
+    for side in ("left", "right"):
+        TokenCache.batch = left_padded(right) if side == "left" else right
+        cfg = dict(model_name_or_path=dec, train_dataset=str(EXAMPLES / "hard_neg.jsonl"), output_dir=str(tmp / side), neg_nums=3,
+                   batch_size=8, max_steps=12, log_interval=1, lr=1e-4, query_max_len=32, passage_max_len=64, save_on_epoch_end=False,
+                   mixed_precision="bf16", lora={"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+                   gradient_checkpointing=True, query_prompt="Instruct: find the answer\nQuery: ")
+        try:
+            train(cfg)
+            row = {"padding": side, "trained": True}
+        except EmbedNbError as e:
+            row = {"padding": side, "trained": False, "error": str(e)[:200]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    TokenCache.batch = right
+    if out:
+        open(out, "w").write(json.dumps(rows, indent=1) + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--out", default=None)
+    p.add_argument("--train", action="store_true", help="embed_nb's training of the decoder, left vs right padding")
     a = p.parse_args()
+    if a.train:
+        return train_both(a.out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for attn in ("sdpa", "eager"):
