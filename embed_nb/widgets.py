@@ -5,7 +5,9 @@
 # %% ../nbs/08_widgets.ipynb #860aad68
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import threading
 import time
@@ -15,12 +17,13 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from IPython.display import display
+from IPython.display import Image, display
 from matplotlib import patches, ticker
+from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['read_log', 'plot_loss', 'read_eval', 'eval_metrics', 'plot_eval', 'LossWidget', 'plot_mrl', 'eval_results',
-           'MRLWidget', 'similarity_matrix', 'plot_similarity', 'SimilarityWidget']
+__all__ = ['LABEL_PT', 'read_log', 'plot_loss', 'read_eval', 'eval_metrics', 'plot_eval', 'LossWidget', 'plot_mrl',
+           'eval_results', 'MRLWidget', 'similarity_matrix', 'plot_similarity', 'SimilarityWidget']
 
 # %% ../nbs/08_widgets.ipynb #ac83cad0
 def _runs(runs) -> dict:
@@ -53,10 +56,21 @@ def _smooth(y: pd.Series, smoothing: float) -> pd.Series:
 
 # %% ../nbs/08_widgets.ipynb #8d0f6b21
 def _fig_ax(ax, figsize: tuple) -> tuple:
-    "`(fig, ax)`: those of `ax` if given, else of a new figure of `figsize`."
+    "`(fig, ax)`: those of `ax` if given, else of a new pyplot figure of `figsize`."
     if ax is not None:
         return ax.figure, ax
     return plt.subplots(figsize=figsize)
+
+
+def _widget_figure(figsize: tuple, ncols: int = 1) -> tuple:
+    "A figure outside pyplot (only its widget shows it) and its row of `ncols` axes."
+    fig = Figure(figsize=figsize)
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def _integer_steps(ax):
+    "Whole-number ticks on the x axis (optimizer steps)."
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 # %% ../nbs/08_widgets.ipynb #2c8e5f47
 def _draw_loss(ax, ax2, df: pd.DataFrame, label: str, several: bool, smoothing: float, components: bool):
@@ -86,8 +100,9 @@ def plot_loss(
             _draw_loss(ax, ax2, df, label, len(runs) > 1, smoothing, components)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
+    _integer_steps(ax)
     if ax.get_lines():
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=8, loc="upper right")
     if ax2 is not None:
         ax2.set_ylabel("learning rate", color="gray")
     fig.tight_layout()
@@ -130,17 +145,20 @@ def plot_eval(
     ax=None,  # the axes to draw on, else a new figure's
 ):
     "A retrieval metric of evaluations during training against the step, one line per run and dimension: `(fig, ax)`."
-    runs = _runs(runs)
+    evs = {label: ev for label, r in _runs(runs).items() if (ev := read_eval(r))}
+    for ev in evs.values():  # an unknown metric is an error before any figure is made (no empty axes left behind)
+        have = next(iter(ev[min(ev)].values()))
+        if metric not in have:
+            raise KeyError(f"no metric {metric!r}; have {sorted(have)}")
     fig, ax = _fig_ax(ax, (6, 3.5))
-    for label, r in runs.items():
-        ev = read_eval(r)
-        if ev:
-            _draw_eval(ax, ev, metric, dims, label, len(runs) > 1)
+    for label, ev in evs.items():
+        _draw_eval(ax, ev, metric, dims, label, len(_runs(runs)) > 1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"eval {metric}")
+    _integer_steps(ax)
     ax.grid(alpha=0.3)
     if ax.get_lines():
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig, ax
 
@@ -149,7 +167,7 @@ class _PlotWidget:
     "A figure redrawn into an `Output` when a control changes; subclasses define `draw`, which returns the figure."
 
     def __init__(self, controls: list):  # the ipywidgets whose values the figure depends on
-        self.controls, self.out, self.fig, self.draws = controls, W.Output(), None, 0
+        self.controls, self.out, self.fig, self.draws, self._shown = controls, W.Output(), None, 0, None
         for c in controls:
             c.observe(lambda _: self.refresh(), names="value")
         self.widget = W.VBox([W.HBox(controls), self.out])
@@ -159,23 +177,34 @@ class _PlotWidget:
     def draw(self):
         raise NotImplementedError
 
-    def refresh(self):
-        "Draw the figure again, closing the previous one, and show it."
-        if self.fig is not None:
-            plt.close(self.fig)
+    def png(self, dpi: int = 100) -> bytes:
+        "The current figure as PNG bytes."
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
+
+    def refresh(self, new_data: bool = False):
+        "Draw the figure again and show it; `new_data`: also renew the picture a saved notebook keeps."
         self.fig = self.draw()
         self.draws += 1
+        self.image = self.png()
         with self.out:
             self.out.clear_output(wait=True)
-            display(self.fig)
+            display(Image(self.image))
+        if new_data and self._shown is not None:
+            self._shown.update(self._bundle(), raw=True)
 
     def save(self, path, dpi: int = 100):
         "Write the current figure to `path` as a PNG; return `path`."
         self.fig.savefig(path, dpi=dpi)
         return path
 
+    def _bundle(self) -> dict:
+        "The widget for JupyterLab, with its figure as a PNG for viewers without a kernel (a saved notebook, HTML)."
+        return {**self.widget._repr_mimebundle_(), "image/png": base64.b64encode(self.image).decode()}
+
     def _ipython_display_(self):
-        display(self.widget)
+        self._shown = display(self._bundle(), raw=True, display_id=True)
 
 # %% ../nbs/08_widgets.ipynb #2a6c0e95
 def _metric_choice(names: list[str], current: str) -> str:
@@ -187,10 +216,10 @@ def _metric_choice(names: list[str], current: str) -> str:
 # %% ../nbs/08_widgets.ipynb #5b1d9e73
 def _loss_figure(runs, smoothing: float, components: bool, metric: str | None):
     "The loss curves of `runs` and, if `metric` is given, beside them that evaluation metric against the step."
-    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(12 if metric else 7, 3.5), squeeze=False)
-    plot_loss(runs, smoothing=smoothing, components=components, ax=axes[0][0])
+    fig, axes = _widget_figure((12 if metric else 7, 3.5), 2 if metric else 1)
+    plot_loss(runs, smoothing=smoothing, components=components, ax=axes[0])
     if metric:
-        plot_eval(runs, metric, ax=axes[0][1])
+        plot_eval(runs, metric, ax=axes[1])
     return fig
 
 # %% ../nbs/08_widgets.ipynb #3d9a7b5e
@@ -216,11 +245,11 @@ class LossWidget(_PlotWidget):
         finally:
             self._quiet = False
 
-    def refresh(self):
+    def refresh(self, new_data: bool = False):
         "Update the offered metrics, then draw again."
         if not self._quiet:
             self._update_metrics()
-            super().refresh()
+            super().refresh(new_data)
 
     def draw(self):
         metric = None if self.metric.value == "(none)" else self.metric.value
@@ -228,7 +257,7 @@ class LossWidget(_PlotWidget):
 
     def callback(self, record: dict):
         "Pass as `train(..., callbacks=[widget.callback])` to redraw at each logged step of training in this kernel."
-        self.refresh()
+        self.refresh(new_data=True)
 
     def follow(
         self,
@@ -237,7 +266,7 @@ class LossWidget(_PlotWidget):
         until_finished: bool = False,  # rather stop once every run has finished (its `run.json` says so)
     ) -> threading.Thread:
         "Redraw while the runs' `log.jsonl` grow, from a started thread (returned): for runs in launched processes."
-        return _watch(_runs(self.runs), self.refresh, interval, idle_stop, until_finished)
+        return _watch(_runs(self.runs), lambda: self.refresh(new_data=True), interval, idle_stop, until_finished)
 
 # %% ../nbs/08_widgets.ipynb #1e7f5a26
 def _log_size(runs: dict) -> int:
@@ -302,17 +331,18 @@ def plot_mrl(
     ax=None,  # the axes to draw on, else a new figure's
 ):
     "A retrieval metric against the Matryoshka dimension, one line per model: `(fig, ax)`."
+    for res in results.values():  # an unknown metric is an error before any figure is made
+        if metric not in _at_dim(res, min(int(d) for d in res)):
+            raise KeyError(f"no metric {metric!r}; have {sorted(next(iter(res.values())))}")
     fig, ax = _fig_ax(ax, (6, 3.5))
     for label, res in results.items():
         dims = sorted(int(d) for d in res)
-        if metric not in _at_dim(res, dims[0]):
-            raise KeyError(f"no metric {metric!r}; have {sorted(next(iter(res.values())))}")
         vals = [_at_dim(res, d)[metric] for d in dims]
         (line,) = ax.plot(dims, vals, marker="o", label=label)
         ax.axhline(vals[-1], ls="--", lw=0.8, color=line.get_color())
     _dim_axis(ax, sorted({int(d) for res in results.values() for d in res}))
     ax.set_ylabel(metric)
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig, ax
@@ -344,7 +374,8 @@ class MRLWidget(_PlotWidget):
         super().__init__([self.metric])
 
     def draw(self):
-        return plot_mrl(self.results, self.metric.value)[0]
+        fig, (ax,) = _widget_figure((6, 3.5))
+        return plot_mrl(self.results, self.metric.value, ax=ax)[0]
 
 # %% ../nbs/08_widgets.ipynb #c1bf8438
 def similarity_matrix(
@@ -365,9 +396,27 @@ def _short(t: str, n: int) -> str:
     return t if len(t) <= n else t[: n - 1] + "…"
 
 
-def _heatmap_size(n_queries: int, n_docs: int) -> tuple[float, float]:
-    "Figure size (inches) of a similarity heatmap."
-    return 1.2 + 0.45 * n_docs, 1.2 + 0.4 * n_queries
+def _tick_labels(texts: list[str], prefix: str, n: int) -> list[str]:
+    "Tick labels `q0: text…`: the index first, then the text cut to `n` characters."
+    return [f"{prefix}{i}: {_short(t, n)}" for i, t in enumerate(texts)]
+
+
+LABEL_PT = 8  # tick label font size of heatmaps
+
+
+def _heatmap_layout(ylabels: list[str], xlabels: list[str], panels: int = 1) -> tuple:
+    "Figure size (inches) for `panels` heatmaps side by side, and each one's heatmap and colourbar boxes (fractions)."
+    rows, cols = len(ylabels), len(xlabels)
+    cell = 0.5 if max(rows, cols) <= 8 else max(0.22, 4.0 / max(rows, cols))  # inches a side
+    char = LABEL_PT / 72 * 0.62  # a generous average character width
+    x_text = char * max(map(len, xlabels))  # column labels slant at 60 degrees, down and to the left
+    left = max(0.2 + char * max(map(len, ylabels)), 0.2 + x_text * 0.5)
+    bottom, top, bar = 0.3 + x_text * 0.87, 0.45, 0.85  # below: slanted labels; above: the title; right: colourbar
+    w, h = cell * cols, cell * rows
+    panel = left + w + bar
+    size = (panel * panels, bottom + h + top)
+    box = lambda x, width: (x / size[0], bottom / size[1], width / size[0], h / size[1])
+    return size, [(box(i * panel + left, w), box(i * panel + left + w + 0.12, 0.12)) for i in range(panels)]
 
 # %% ../nbs/08_widgets.ipynb #6d4a8e17
 def _outline(ax, positives: dict[int, list[int]], highlight: int | None, n_docs: int):
@@ -403,19 +452,24 @@ def plot_similarity(
     label_chars: int = 32,  # texts are cut to this length in the tick labels
     highlight: int | None = None,  # a query row to frame
     sims=None,  # precomputed similarities, else computed with `model`
+    cax=None,  # the axes for the colourbar (with `ax`); none drawn if `ax` is given without it
 ):
     "Heatmap of query × document cosine similarities, positives outlined, texts as labels and on hover: `(fig, ax)`."
     sims = similarity_matrix(model, queries, docs, dim) if sims is None else np.asarray(sims)
-    fig, ax = _fig_ax(ax, _heatmap_size(len(queries), len(docs)))
-    im = ax.imshow(sims, cmap="viridis", vmin=-0.2, vmax=1.0)
+    ylabels, xlabels = _tick_labels(queries, "q", label_chars), _tick_labels(docs, "d", label_chars)
+    if ax is None:  # a figure sized from the cells and the labels, with room for each
+        size, [(box, bar)] = _heatmap_layout(ylabels, xlabels)
+        fig = plt.figure(figsize=size)
+        ax, cax = fig.add_axes(box), fig.add_axes(bar)
+    fig = ax.figure
+    im = ax.imshow(sims, cmap="viridis", vmin=-0.2, vmax=1.0, aspect="auto")
     _outline(ax, positives or {}, highlight, len(docs))
-    ax.set_yticks(range(len(queries)), [f"{i}: {_short(q, label_chars)}" for i, q in enumerate(queries)], fontsize=7)
-    doc_labels = [f"{_short(d, label_chars)} :{j}" for j, d in enumerate(docs)]
-    ax.set_xticks(range(len(docs)), doc_labels, fontsize=7, rotation=60, ha="right")
+    ax.set_yticks(range(len(queries)), ylabels, fontsize=LABEL_PT)
+    ax.set_xticks(range(len(docs)), xlabels, fontsize=LABEL_PT, rotation=60, ha="right", rotation_mode="anchor")
     ax.set_title(title or f"cosine similarity{f' at {dim} dims' if dim else ''}", fontsize=9)
     ax.format_coord = _hover(queries, docs, sims)
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
+    if cax is not None:
+        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=LABEL_PT)
     return fig, ax
 
 # %% ../nbs/08_widgets.ipynb #0b6d3f92
@@ -437,10 +491,11 @@ def _ranked_table(name: str, row, docs: list[str], positives: list[int]) -> str:
 # %% ../nbs/08_widgets.ipynb #3f7b0e29
 def _heatmaps(panels: dict, queries: list[str], docs: list[str], positives: dict, highlight: int):
     "Similarity heatmaps side by side, one for each `{title: similarities}` of `panels`, row `highlight` framed."
-    w, h = _heatmap_size(len(queries), len(docs))
-    fig, axes = plt.subplots(1, len(panels), figsize=(w * len(panels), h), squeeze=False)
-    for (title, sims), ax in zip(panels.items(), axes[0]):
-        plot_similarity(None, queries, docs, positives, sims=sims, title=title, highlight=highlight, ax=ax)
+    size, boxes = _heatmap_layout(_tick_labels(queries, "q", 32), _tick_labels(docs, "d", 32), len(panels))
+    fig = Figure(figsize=size)
+    for (title, sims), (box, bar) in zip(panels.items(), boxes):
+        ax, cax = fig.add_axes(box), fig.add_axes(bar)
+        plot_similarity(None, queries, docs, positives, sims=sims, title=title, highlight=highlight, ax=ax, cax=cax)
     return fig
 
 # %% ../nbs/08_widgets.ipynb #2c9f7a13
