@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import socket
+import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from .core import ConfigError, TrainConfig
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port',
-           'reset_accelerate_state', 'launch_processes', 'one_process_group', 'ensure_process_group',
+           'reset_accelerate_state', 'WholeLines', 'launch_processes', 'one_process_group', 'ensure_process_group',
            'launch_one_process', 'check_strategy', 'accelerator_kwargs', 'launched_with_deepspeed', 'configure_process',
            'fill_deepspeed_config', 'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict',
            'check_fsdp_layers']
@@ -108,14 +110,69 @@ def reset_accelerate_state(keep_process_group: bool = True):
     GradientState._reset_state()
 
 
+class WholeLines(io.TextIOBase):
+    "A text stream that passes each line on whole, in one write, to `stream`, leaving out lines that start with `drop`."
+
+    def __init__(self, stream, drop: tuple[str, ...] = ()):
+        self.stream, self.drop, self.part = stream, tuple(drop), ""
+
+    def write(self, s: str) -> int:
+        *lines, self.part = (self.part + s).split("\n")
+        for line in lines:
+            if not (self.drop and line.startswith(self.drop)):
+                self.stream.write(line + "\n")
+                self.stream.flush()
+        return len(s)
+
+    def flush(self):
+        self.stream.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+def _cpu_threads(num_processes: int) -> int:
+    "Each of `num_processes` CPU processes' share of this machine's physical cores (at least 1)."
+    import psutil
+
+    return max(1, (psutil.cpu_count(logical=False) or os.cpu_count() or 1) // num_processes)
+
+
+def _in_process(fn, threads: int | None, *args):
+    "What each launched process runs: its thread count set, its prints passed on line by line, then `fn(*args)`."
+    if threads:
+        torch.set_num_threads(threads)
+    with redirect_stdout(WholeLines(sys.stdout)):
+        fn(*args)
+
+
 def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = None):
     "Run `fn(*args)` in `num_processes` connected processes (GPUs when present, else CPU processes over gloo)."
     from accelerate import notebook_launcher
 
     reset_accelerate_state(keep_process_group=False)  # a finished single-process run in this kernel is no obstacle
-    if not torch.cuda.is_available():
+    gpus = torch.cuda.is_available()
+    threads = None if gpus else int(os.environ.get("OMP_NUM_THREADS") or _cpu_threads(num_processes))
+    if gpus:
+        print(f"Launching {num_processes} processes, one GPU each (nccl).")
+    else:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    notebook_launcher(fn, args, num_processes=num_processes, use_port=str(port or free_port()))
+        print(f"Launching {num_processes} CPU processes of {threads} thread{'s' * (threads > 1)} each (gloo).")
+
+    def job(*args):  # a function (not a partial): torch's launcher reads its name
+        _in_process(fn, threads, *args)
+
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        with redirect_stdout(WholeLines(sys.stdout, drop=("Launching training on",))):
+            notebook_launcher(job, args, num_processes=num_processes, use_port=str(port or free_port()))
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 # %% ../nbs/04_distributed.ipynb #9650a3f7
 @contextmanager

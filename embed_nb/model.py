@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -26,6 +27,16 @@ except ImportError:
 
 # %% auto #0
 __all__ = ['META_FILE', 'quiet_hub_bars', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite', 'Embedding']
+
+# %% ../nbs/03_model.ipynb #1c53e981
+def _no_accelerator() -> bool:
+    "Whether torch sees no GPU of any kind (CUDA, XPU, Apple's MPS)."
+    xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return not (torch.cuda.is_available() or xpu or torch.backends.mps.is_available())
+
+
+if _no_accelerator():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 # %% ../nbs/03_model.ipynb #c52d0cbc
 @contextmanager
@@ -92,9 +103,10 @@ def make_tiny_model(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     hf = _save_tiny_bert(path, _tiny_vocab(texts), hidden, layers, seed, dropout)
-    word = models.Transformer(str(hf), max_seq_length=128)
-    st = SentenceTransformer(modules=[word, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
-    st.save(str(path / "model"))
+    with quiet_hub_bars():  # loading and saving, without transformers' bars
+        word = models.Transformer(str(hf), max_seq_length=128)
+        st = SentenceTransformer(modules=[word, models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
+        st.save(str(path / "model"))
     return str(path / "model")
 
 # %% ../nbs/03_model.ipynb #7f45305b
@@ -139,10 +151,10 @@ def make_tiny_decoder(
     )
     with quiet_hub_bars():
         Qwen2Model(cfg).save_pretrained(path / "hf")
-    tok.save_pretrained(path / "hf")
-    word = models.Transformer(str(path / "hf"), max_seq_length=128)
-    st = SentenceTransformer(modules=[word, models.Pooling(hidden, "lasttoken"), models.Normalize()], device="cpu")
-    st.save(str(path / "model"))
+        tok.save_pretrained(path / "hf")
+        word = models.Transformer(str(path / "hf"), max_seq_length=128)
+        st = SentenceTransformer(modules=[word, models.Pooling(hidden, "lasttoken"), models.Normalize()], device="cpu")
+        st.save(str(path / "model"))
     return str(path / "model")
 
 # %% ../nbs/03_model.ipynb #2f3933b1
