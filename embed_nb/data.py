@@ -342,7 +342,7 @@ class TokenCache:
 
 # %% ../nbs/01_data.ipynb #a2f491d4
 class CachedCollator(Collator):
-    "A `Collator` that tokenises each distinct text once and can pad to the maximum length (the spec's behaviour)."
+    "A `Collator` that tokenises each distinct text once and can pad to the maximum length (the original trainer's behaviour)."
 
     def __init__(
         self,
