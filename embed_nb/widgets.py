@@ -408,7 +408,7 @@ def _heatmap_layout(ylabels: list[str], xlabels: list[str], panels: int = 1) -> 
     "Figure size (inches) for `panels` heatmaps side by side, and each one's heatmap and colourbar boxes (fractions)."
     rows, cols = len(ylabels), len(xlabels)
     cell = 0.5 if max(rows, cols) <= 8 else max(0.22, 4.0 / max(rows, cols))  # inches a side
-    char = LABEL_PT / 72 * 0.62  # a generous average character width
+    char = LABEL_PT / 72 * 0.56  # an average character width, with some room
     x_text = char * max(map(len, xlabels))  # column labels slant at 60 degrees, down and to the left
     left = max(0.2 + char * max(map(len, ylabels)), 0.2 + x_text * 0.5)
     bottom, top, bar = 0.3 + x_text * 0.87, 0.45, 0.85  # below: slanted labels; above: the title; right: colourbar
