@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch is installed before the package so that no unpinned requirement pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install browser check-clean check-sync check-readme lint nbtest pytest readme clean
+.PHONY: demo test install browser check-clean check-sync check-readme lint nbtest pytest readme outputs site clean
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ check-sync: $(STAMP)
 	after=$$(find embed_nb -name '*.py' | sort | xargs cat | md5sum); \
 	if [ "$$before" != "$$after" ]; then echo "FAIL: embed_nb/ differed from the notebooks (nbdev_export changed it)"; exit 1; fi; \
 	echo "ok: library in sync with notebooks"
+
+# The notebooks are committed with their outputs (figures, tables), less the noise: run them all and keep what they show.
+outputs: $(STAMP)
+	$(BIN)/python tools/outputs.py nbs/[0-9]*.ipynb nbs/tutorials/*.ipynb
+	$(BIN)/nbdev_clean
+
+# The notebooks, as committed, as a static HTML site in _site/ (nbconvert; nothing is run).
+site: $(STAMP)
+	$(BIN)/python tools/site.py _site
 
 readme: $(STAMP)
 	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --stdout > README.md

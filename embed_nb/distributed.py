@@ -22,10 +22,10 @@ from .core import ConfigError, TrainConfig
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port',
-           'reset_accelerate_state', 'WholeLines', 'launch_processes', 'one_process_group', 'ensure_process_group',
-           'launch_one_process', 'check_strategy', 'accelerator_kwargs', 'launched_with_deepspeed', 'configure_process',
-           'fill_deepspeed_config', 'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict',
-           'check_fsdp_layers']
+           'reset_accelerate_state', 'WholeLines', 'launch_processes', 'forked_from_kernel', 'progress_bar',
+           'one_process_group', 'ensure_process_group', 'launch_one_process', 'check_strategy', 'accelerator_kwargs',
+           'launched_with_deepspeed', 'configure_process', 'fill_deepspeed_config', 'no_zero3_init',
+           'transformer_layer_classes', 'shard_model', 'full_state_dict', 'check_fsdp_layers']
 
 # %% ../nbs/04_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
@@ -173,6 +173,28 @@ def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = Non
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = saved
+
+# %% ../nbs/04_distributed.ipynb #924320a1
+def forked_from_kernel() -> bool:
+    "Whether this process was forked from a Jupyter kernel (it holds the kernel's objects, whose widgets cannot show)."
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        return kernel is not None and kernel.session.pid != os.getpid()
+    except Exception:  # no IPython, or a kernel of another kind: not forked from one
+        return False
+
+
+def progress_bar(**kwargs):
+    "A tqdm progress bar: text on stdout in a process forked from a kernel, else `tqdm.auto`'s (a widget in a notebook)."
+    if forked_from_kernel():
+        from tqdm.std import tqdm as text_bar
+
+        return text_bar(file=sys.stdout, mininterval=1.0, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)
 
 # %% ../nbs/04_distributed.ipynb #9650a3f7
 @contextmanager

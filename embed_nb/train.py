@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 from fastcore.basics import patch
-from tqdm.auto import tqdm
 
 from embed_nb.core import (
     INCOMPLETE,
@@ -49,6 +48,7 @@ from embed_nb.distributed import (
     fill_deepspeed_config,
     full_state_dict,
     gather_batch,
+    progress_bar,
     gather_plain,
     launch_one_process,
     launch_processes,
@@ -397,7 +397,7 @@ class Run:
             description, log_lines = self.resume(self.claim.resume, description)
         self.log = RunLog(self.out, self.acc, self.main, callbacks)
         self.log.start({**description, "run_id": self.run_id}, log_lines)
-        self.bar = tqdm(total=self.total, initial=self.step, disable=not self.main, desc="training")
+        self.bar = progress_bar(total=self.total, initial=self.step, disable=not self.main, desc="training")
 
 # %% ../nbs/07_train.ipynb #367a5f5e
 @patch
