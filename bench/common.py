@@ -63,13 +63,16 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def run_worker(script: Path, args: list[str], timeout: int = 3600) -> dict:
-    "Run `script --worker ...` in a fresh process; its last stdout line is a JSON result."
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), TOKENIZERS_PARALLELISM="false")
+def run_worker(script: Path, args: list[str], timeout: int = 3600, tokenizer_threads: bool = False) -> dict:
+    "Run `script --worker ...` in a fresh process; its last stdout line is a JSON result (`process_s` added: its wall time)."
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if not tokenizer_threads:
+        env["TOKENIZERS_PARALLELISM"] = "false"
+    start = time.perf_counter()
     p = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
     if p.returncode != 0:
         raise RuntimeError(f"worker {args} failed ({p.returncode}):\n{p.stderr[-4000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return {**json.loads(p.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - start}
 
 
 def median(xs): return statistics.median(xs) if xs else float("nan")

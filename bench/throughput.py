@@ -11,6 +11,12 @@ alternate within each round, in a rotated order, for --rounds rounds. samples/s 
 Contenders: embed_nb (defaults: length-grouped batches, tokenised once), sentence_transformers (its trainer, default
 batch sampler), embed_nb_nogroup (dynamic padding, random batches), embed_nb_maxpad (padding to max length, the spec's
 original behaviour), embed_nb_cached (GradCache, --mini-batch-size). Prints a markdown table, writes bench/results/.
+
+--whole-run: each contender trains one whole epoch of --max-examples pairs and saves its model; reported per contender:
+the process's wall time (start to saved model, imports included), the train call's time (embed_nb's `train()` against
+`SentenceTransformerTrainer(...).train()` plus its `save`), and the time to the first step (from the call to the end of
+optimizer step 1). The tokenizers' threads are left as the user's environment has them (TOKENIZERS_PARALLELISM unset)
+unless --tokenizer-threads off.
 """
 from __future__ import annotations
 import argparse, json, sys, tempfile, time
@@ -47,6 +53,9 @@ def parse(argv=None):
     p.add_argument("--model", default=None, help="model folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--pairs", default=None, help="a jsonl of {query, pos} pairs to use instead of InsuranceQA (offline machines)")
     p.add_argument("--name", default=None, help="results file name (default: throughput_<device>)")
+    p.add_argument("--whole-run", action="store_true", help="time whole runs (one epoch of --max-examples, model saved)")
+    p.add_argument("--tokenizer-threads", default="off", choices=["off", "default"],
+                   help="TOKENIZERS_PARALLELISM=false in the workers (off), or as the environment has it (default)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -65,7 +74,7 @@ def worker_embed_nb(a, name: str) -> dict:
     import torch
     from embed_nb.train import train
     total, times = a.warmup + a.steps, {}
-    mark = _timer(times, {a.warmup, total})
+    mark = _timer(times, {1, a.warmup, total})
     dims = [int(d) for d in a.mrl.split(",") if d.strip()]
     out = tempfile.mkdtemp(prefix="bench_")
     cfg = dict(model_name_or_path=a.model, train_dataset=a.data, output_dir=out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=a.warmup,
@@ -73,8 +82,12 @@ def worker_embed_nb(a, name: str) -> dict:
                query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,
                mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None,
                mini_batch_size=a.mini_batch_size, **EMBED_NB_OPTIONS[name])
+    if a.whole_run:
+        cfg.update(max_steps=None, epochs=1, log_interval=1)
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+    times["call"] = time.perf_counter()
     train(cfg, callbacks=[lambda r: mark(r["step"]) if "loss" in r else None])
+    times["done"] = time.perf_counter()  # the model saved
     return times
 
 
@@ -91,7 +104,7 @@ def worker_sentence_transformers(a) -> dict:
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from embed_nb.model import default_model_path
     total, times = a.warmup + a.steps, {}
-    mark = _timer(times, {a.warmup, total})
+    mark = _timer(times, {1, a.warmup, total})
     rows = [json.loads(l) for l in open(a.data)]
     data = datasets.Dataset.from_dict({"anchor": [r["query"] for r in rows], "positive": [r["pos"][0] for r in rows]})
     model = SentenceTransformer(a.model or default_model_path(), device=a.device)
@@ -99,8 +112,10 @@ def worker_sentence_transformers(a) -> dict:
     loss = MultipleNegativesRankingLoss(model, scale=1 / a.temperature)
     dims = [int(d) for d in a.mrl.split(",") if d.strip()]
     if dims: loss = MatryoshkaLoss(model, loss, matryoshka_dims=sorted(dims, reverse=True))
+    times["call"] = time.perf_counter()  # the trainer is made (and its data prepared) within the timed call
     args = SentenceTransformerTrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench_st_"), per_device_train_batch_size=a.batch_size, max_steps=total,
+        output_dir=tempfile.mkdtemp(prefix="bench_st_"), per_device_train_batch_size=a.batch_size,
+        max_steps=-1 if a.whole_run else total, num_train_epochs=1,
         learning_rate=a.lr, warmup_steps=int(0.1 * total), lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0,
         seed=a.seed, data_seed=a.seed, logging_steps=a.warmup, save_strategy="no", report_to="none", bf16=a.bf16,
         use_cpu=a.device == "cpu", disable_tqdm=True, dataloader_num_workers=0)
@@ -109,6 +124,8 @@ def worker_sentence_transformers(a) -> dict:
         def on_step_end(self, args, state, control, **kw): mark(state.global_step)
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()]).train()
+    model.save(tempfile.mkdtemp(prefix="bench_st_model_"))
+    times["done"] = time.perf_counter()
     return times
 
 
@@ -118,7 +135,7 @@ def worker(a) -> dict:
     times = worker_sentence_transformers(a) if a.worker == "sentence_transformers" else worker_embed_nb(a, a.worker)
     dt = times[a.warmup + a.steps] - times[a.warmup]
     out = {"contender": a.worker, "samples_per_s": a.steps * a.batch_size / dt, "timed_s": dt, "wall_s": time.perf_counter() - start,
-           "peak_rss_mib": peak_rss_mib()}
+           "peak_rss_mib": peak_rss_mib(), "train_call_s": times["done"] - times["call"], "first_step_s": times[1] - times["call"]}
     if torch.cuda.is_available(): out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
@@ -151,21 +168,28 @@ def main(argv=None):
                    if k in ("steps", "warmup", "batch_size", "max_seq_length", "temperature", "lr", "seed", "mrl", "mini_batch_size", "device")]
     passthrough += [f"--model={a.model}"] if a.model else []
     passthrough += ["--bf16"] if a.bf16 else []
+    passthrough += ["--whole-run"] if a.whole_run else []
     runs = {c: [] for c in contenders}
     for r in range(a.rounds):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for c in order:
-            res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", *passthrough])
+            res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", *passthrough],
+                             tokenizer_threads=a.tokenizer_threads == "default")
             runs[c].append(res)
             print(f"round {r + 1}/{a.rounds} {c:22} {res['samples_per_s']:8.2f} samples/s  peak RSS {res['peak_rss_mib']:7.0f} MiB"
                   + (f"  peak GPU {res['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res else ""), file=sys.stderr, flush=True)
     summary = {c: {"median_samples_per_s": median([x["samples_per_s"] for x in v]),
+                   **{f"median_{k}": median([x[k] for x in v]) for k in ("train_call_s", "first_step_s", "process_s")},
                    "median_peak_rss_mib": median([x["peak_rss_mib"] for x in v]),
                    **({"median_peak_gpu_mib": median([x["peak_gpu_mib"] for x in v])} if v and "peak_gpu_mib" in v[0] else {})}
                for c, v in runs.items()}
     ref = summary.get("sentence_transformers", {}).get("median_samples_per_s")
     maxpad = summary.get("embed_nb_maxpad", {}).get("median_samples_per_s")
+    ref_call = summary.get("sentence_transformers", {}).get("median_train_call_s")
+    ref_proc = summary.get("sentence_transformers", {}).get("median_process_s")
     for c, s in summary.items():
+        s["train_call_speedup_vs_sentence_transformers"] = ref_call / s["median_train_call_s"] if ref_call else None
+        s["process_speedup_vs_sentence_transformers"] = ref_proc / s["median_process_s"] if ref_proc else None
         s["ratio_vs_sentence_transformers"] = s["median_samples_per_s"] / ref if ref else None
         s["ratio_vs_maxpad"] = s["median_samples_per_s"] / maxpad if maxpad else None
     result = {"benchmark": "throughput", "argv": sys.argv[1:], "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "data")},
@@ -179,6 +203,14 @@ def main(argv=None):
     print(f"\n{result['environment']['device']}, batch {a.batch_size}, {a.steps} timed steps, {a.rounds} rounds, "
           f"max_seq_length {a.max_seq_length}{', bf16' if a.bf16 else ''}{', MRL ' + a.mrl if a.mrl else ''}\n")
     print(markdown_table(header, rows))
+    if a.whole_run:
+        wh = ["contender", "train call s (median)", "per round", "× faster than sentence-transformers", "first step s",
+              "process s (start to saved model)", "× faster (process)"]
+        wr = [[c, s["median_train_call_s"], " ".join(f"{x['train_call_s']:.1f}" for x in runs[c]),
+               s["train_call_speedup_vs_sentence_transformers"] or "-", s["median_first_step_s"], s["median_process_s"],
+               s["process_speedup_vs_sentence_transformers"] or "-"] for c, s in summary.items()]
+        print(f"\nwhole runs: one epoch of {n} pairs, model saved; tokenizer threads {a.tokenizer_threads}\n")
+        print(markdown_table(wh, wr))
     pad = result["padding"]
     print(f"\npadding share of answer tokens: random batches {pad['answers_random']:.1%}, length-grouped {pad['answers_grouped']:.1%}, "
           f"max length {pad['answers_max_length']:.1%} (mean answer {pad['mean_answer_tokens']:.0f} tokens, question {pad['mean_question_tokens']:.0f})")

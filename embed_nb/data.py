@@ -5,9 +5,12 @@
 # %% ../nbs/01_data.ipynb #5dabd240
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,6 +306,9 @@ class Collator:
         return batch
 
 # %% ../nbs/01_data.ipynb #2ca68149
+_PIECES = re.compile(r"\w+|[^\w\s]")  # words and punctuation marks: what tokenizers split first
+
+
 class TokenCache:
     "Token ids of each distinct text, tokenised once (truncated, unpadded), padded into batches on demand."
 
@@ -311,13 +317,23 @@ class TokenCache:
         self.pad_id = tokenizer.pad_token_id or 0
         self.names = list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
 
-    def add(self, texts, chunk: int = 4096):
-        "Tokenise the texts not seen yet, in large batches."
+    def add(self, texts, chunk: int = 4096, tokenizer=None):
+        "Tokenise the texts not seen yet, in large batches (with `tokenizer`: a copy of this cache's, for a thread)."
         new = list(dict.fromkeys(t for t in texts if t not in self.ids))
         for s in range(0, len(new), chunk):
             part = new[s : s + chunk]
-            enc = self.tokenizer(part, truncation=True, max_length=self.max_len, padding=False)["input_ids"]
-            self.ids.update((t, np.asarray(e, dtype=np.int32)) for t, e in zip(part, enc))
+            enc = (tokenizer or self.tokenizer)(part, truncation=True, max_length=self.max_len, padding=False)
+            self.ids.update((t, np.asarray(e, dtype=np.int32)) for t, e in zip(part, enc["input_ids"]))
+
+    def estimate_lengths(self, texts, sample: int = 256) -> np.ndarray:
+        "Token counts of `texts`: exact for those tokenised already, else from their words and punctuation marks."
+        probe = list(dict.fromkeys(texts))[:sample]
+        self.add(probe)
+        special = len(self.tokenizer("")["input_ids"])  # e.g. [CLS] and [SEP]
+        pieces = lambda t: len(_PIECES.findall(t))
+        rate = max(sum(len(self.ids[t]) - special for t in probe), 1) / max(sum(pieces(t) for t in probe), 1)
+        guess = lambda t: min(self.max_len, special + math.ceil(pieces(t) * rate))  # a sample gives the rate
+        return np.array([len(self.ids[t]) if t in self.ids else guess(t) for t in texts])
 
     def lengths(self, texts) -> np.ndarray:
         "Token count of each text (special tokens included, after truncation)."
@@ -356,9 +372,41 @@ class CachedCollator(Collator):
         self.pad_to_max_length, self.multiple = pad_to_max_length, pad_to_multiple_of
         self.caches = {query_max_len: TokenCache(tokenizer, query_max_len)}
         self.caches.setdefault(passage_max_len, TokenCache(tokenizer, passage_max_len))
+        self._thread, self._stop, self._spare = None, threading.Event(), None
 
     def tokenize(self, texts, max_len):
         return self.caches[max_len].batch(list(texts), max_len if self.pad_to_max_length else None, self.multiple)
+
+    def prefetch(self, dataset, batches: list[list[int]], chunk: int = 2048):
+        "Tokenise the texts of `dataset`'s rows in `batches`, in their order, in a background thread; return it."
+        self.stop_prefetch()
+        self._stop = stop = threading.Event()
+        # the tokenizer's settings (truncation length) are state: the thread gets its own copy, made once
+        tok = self._spare = self._spare or copy.deepcopy(self.tokenizer)
+
+        def work():
+            queries, docs = [], []
+            for n, b in enumerate(batches):
+                if stop.is_set():
+                    return
+                items = [dataset[i] for i in b]  # the very rows the loader will draw (negatives are seeded per row)
+                queries += [it["query"] for it in items]
+                docs += [d for it in items for d in it.get("docs", [])]
+                if n == 0 or len(queries) + len(docs) >= chunk or n == len(batches) - 1:  # the first batch at once
+                    self.caches[self.query_max_len].add(queries, tokenizer=tok)
+                    self.caches[self.passage_max_len].add(docs, tokenizer=tok)
+                    queries, docs = [], []
+
+        self._thread = threading.Thread(target=work, name="embed_nb tokenising", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop_prefetch(self):
+        "Stop the background tokenising (if any) and wait for it."
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 # %% ../nbs/01_data.ipynb #aacd83cd
 def pack_batches(
@@ -442,6 +490,7 @@ class BatchSampler:
         self.mega_batch, self.keys, self.drop_last = mega_batch, keys, drop_last
         self.world_size, self.rank = world_size, rank
         self.global_size, self._drawn, self.skip = batch_size * world_size, None, 0
+        self.on_epoch = None  # called with this process's batches of an epoch as it starts (to prefetch their texts)
 
     def set_epoch(self, epoch: int):
         "Draw the batches of `epoch`; a new epoch starts at its first batch (`skip`: after a resumed run's first few)."
@@ -475,8 +524,13 @@ class BatchSampler:
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        for b in self.global_batches()[skip:]:
-            yield np.array_split(np.array(b), self.world_size)[self.rank].tolist() if self.world_size > 1 else b
+        split = lambda b: (
+            np.array_split(np.array(b), self.world_size)[self.rank].tolist() if self.world_size > 1 else b
+        )
+        mine = [split(b) for b in self.global_batches()[skip:]]
+        if self.on_epoch is not None:
+            self.on_epoch(mine)
+        yield from mine
 
     def __len__(self):
         return len(self.global_batches()) - self.skip
@@ -500,12 +554,13 @@ def row_texts(dataset: EmbeddingDataset) -> list[tuple[str, list[str]]]:
     return out
 
 # %% ../nbs/01_data.ipynb #8d763e12
-def _row_lengths(rows: list, collate: CachedCollator, cfg: TrainConfig) -> np.ndarray:
-    "Tokens of each row's query plus its longest fixed document."
-    lengths = collate.caches[cfg.query_max_len].lengths([q for q, _ in rows])
+def _row_lengths(rows: list, collate: CachedCollator, cfg: TrainConfig, exact: bool = False) -> np.ndarray:
+    "Tokens of each row's query plus its longest fixed document: estimated from characters, or `exact`."
+    count = lambda cache, texts: cache.lengths(texts) if exact else cache.estimate_lengths(texts)
+    lengths = count(collate.caches[cfg.query_max_len], [q for q, _ in rows])
     docs = [d for _, ds in rows for d in ds]
     if docs:
-        doc_len, start = collate.caches[cfg.passage_max_len].lengths(docs), 0
+        doc_len, start = count(collate.caches[cfg.passage_max_len], docs), 0
         for r, (_, ds) in enumerate(rows):
             lengths[r] += doc_len[start : start + len(ds)].max()
             start += len(ds)
@@ -515,7 +570,7 @@ def _row_lengths(rows: list, collate: CachedCollator, cfg: TrainConfig) -> np.nd
 def make_loader(
     dataset: EmbeddingDataset, tokenizer, cfg: TrainConfig, world_size: int = 1, rank: int = 0, device="cpu"
 ) -> DataLoader:
-    "A DataLoader of this process's batches: tokenised once, grouped by length, without duplicates, as `cfg` says."
+    "A DataLoader of this process's batches: tokenised once (ahead, in a thread), grouped by length, as `cfg` says."
     multiple = cfg.pad_to_multiple_of or (64 if torch.device(device).type == "cuda" else 1)
     collate = CachedCollator(tokenizer, cfg.query_max_len, cfg.passage_max_len, cfg.pad_to_max_length, multiple)
     rows = row_texts(dataset)
@@ -533,4 +588,6 @@ def make_loader(
         world_size,
         rank,
     )
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    sampler.on_epoch = lambda batches: collate.prefetch(dataset, batches)
+    pin = torch.device(device).type == "cuda"  # page-locked batches copy to the GPU without a wait
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin)

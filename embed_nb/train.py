@@ -68,14 +68,14 @@ __all__ = ['LOCK', 'STATE', 'LOSS_TEXT', 'RESUME_FREE', 'checkpoints', 'Claim', 
            'train', 'launch', 'main']
 
 # %% ../nbs/07_train.ipynb #71b1eaee
-def _optimizer(model, cfg: TrainConfig):
-    "AdamW without weight decay on biases and LayerNorm weights."
+def _optimizer(model, cfg: TrainConfig, fused: bool = False):
+    "AdamW without weight decay on biases and LayerNorm weights; `fused`: torch's single-kernel AdamW (GPUs)."
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 # %% ../nbs/07_train.ipynb #82859104
 def _read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
@@ -434,7 +434,8 @@ def _build(self: Run, cfg: TrainConfig):
     self.sampler = loader.batch_sampler  # this process's slice of each global batch
     if self.fsdp:
         shard_model(model, cfg.mixed_precision)
-    optimizer = _optimizer(model, cfg)
+    fused = self.acc.device.type == "cuda" and self.kind != "DEEPSPEED"
+    optimizer = _optimizer(model, cfg, fused=fused)
     # the sampler already gives this process its rows: accelerate only moves batches to the device
     self.loader = prepare_data_loader(loader, self.acc.device, num_processes=1, process_index=0, put_on_device=True)
     if self.fsdp:
@@ -597,9 +598,18 @@ def _stop_signals(run: Run):
 
 
 @patch
+def stop_tokenising(self: Run):
+    "Stop the loader's background tokenising: a run that ends before its epoch does has no use for the rest."
+    collate = getattr(self.loader, "collate_fn", None)
+    if hasattr(collate, "stop_prefetch"):
+        collate.stop_prefetch()
+
+
+@patch
 def abort(self: Run, error: BaseException):
     "After an error or a stop: say so in `run.json`, let go of the accelerator and of the output folder."
     self.bar.close()
+    self.stop_tokenising()
     if self.main and self.out.is_dir():
         self.log.finish(stopped=f"{type(error).__name__}: {error}"[:1000], stopped_at_step=self.step)
     self.model = self.optimizer = self.scheduler = self.loader = None
@@ -952,6 +962,7 @@ def _replica_spread(self: Run) -> float:
 def finish(self: Run) -> Path:
     "Save the final model, complete `run.json`, and release the accelerator; return the model's folder."
     self.bar.close()
+    self.stop_tokenising()
     self.check_finite()
     trained = self.whole_model()
     spread = self._replica_spread() if self.world > 1 and self.replicated else None

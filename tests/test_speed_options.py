@@ -90,3 +90,23 @@ def test_train_with_each_option(tiny_model_no_dropout, tmp_path):
         assert all(config[k] == v for k, v in extra.items())
     assert np.abs(logs["maxpad"] - logs["nogroup"]).max() <= 1e-5
     assert np.abs(logs["nogroup"] - logs["nodup"]).max() > 1e-4  # other batches, other losses: the comparison above can fail
+
+
+def test_tokenising_ahead_stops_with_the_run(tiny_model_no_dropout, tmp_path):
+    """The loader tokenises in a background thread, started with the epoch; a run that stops before the epoch's end
+    (max_steps) stops it too, and makes the same steps as a run whose every text was tokenised before it began."""
+    import threading
+    base = dict(model_name_or_path=tiny_model_no_dropout, train_dataset=str(EXAMPLES / "hard_neg.jsonl"), batch_size=8, neg_nums=2,
+                max_steps=3, log_interval=1, save_on_epoch_end=False, passage_max_len=64, query_max_len=32)
+    train({**base, "output_dir": str(tmp_path / "ahead")})
+    assert not [t for t in threading.enumerate() if t.name == "embed_nb tokenising"]
+    orig = CachedCollator.prefetch
+    try:  # the same run with the whole epoch tokenised, in this thread, before the first batch
+        def before(self, dataset, batches, chunk=2048):
+            orig(self, dataset, batches, chunk).join()
+        CachedCollator.prefetch = before
+        train({**base, "output_dir": str(tmp_path / "before")})
+    finally:
+        CachedCollator.prefetch = orig
+    loss = lambda d: [json.loads(l)["loss"] for l in open(tmp_path / d / "log.jsonl")]
+    assert loss("ahead") == loss("before") and len(loss("ahead")) == 3
