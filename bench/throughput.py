@@ -135,7 +135,8 @@ def worker(a) -> dict:
     times = worker_sentence_transformers(a) if a.worker == "sentence_transformers" else worker_embed_nb(a, a.worker)
     dt = times[a.warmup + a.steps] - times[a.warmup]
     out = {"contender": a.worker, "samples_per_s": a.steps * a.batch_size / dt, "timed_s": dt, "wall_s": time.perf_counter() - start,
-           "peak_rss_mib": peak_rss_mib(), "train_call_s": times["done"] - times["call"], "first_step_s": times[1] - times["call"]}
+           "peak_rss_mib": peak_rss_mib(), "train_call_s": times["done"] - times["call"],
+           "first_step_s": times[1] - times["call"] if 1 in times else None}  # step 1 is logged in --whole-run
     if torch.cuda.is_available(): out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
@@ -179,7 +180,7 @@ def main(argv=None):
             print(f"round {r + 1}/{a.rounds} {c:22} {res['samples_per_s']:8.2f} samples/s  peak RSS {res['peak_rss_mib']:7.0f} MiB"
                   + (f"  peak GPU {res['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res else ""), file=sys.stderr, flush=True)
     summary = {c: {"median_samples_per_s": median([x["samples_per_s"] for x in v]),
-                   **{f"median_{k}": median([x[k] for x in v]) for k in ("train_call_s", "first_step_s", "process_s")},
+                   **{f"median_{k}": median([x[k] for x in v if x.get(k) is not None]) for k in ("train_call_s", "first_step_s", "process_s")},
                    "median_peak_rss_mib": median([x["peak_rss_mib"] for x in v]),
                    **({"median_peak_gpu_mib": median([x["peak_gpu_mib"] for x in v])} if v and "peak_gpu_mib" in v[0] else {})}
                for c, v in runs.items()}
