@@ -28,6 +28,7 @@ def parse(argv=None):
     p.add_argument("--queries", type=int, default=500, help="valid questions evaluated")
     p.add_argument("--corpus", type=int, default=5000, help="documents searched")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="training seeds (seed, seed+1, ...): mean and spread per dimension")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--contenders", default="embed_nb,sentence_transformers",
@@ -105,21 +106,37 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="iqa_q_"))
     data = write_jsonl(pairs, tmp / "train_pairs.jsonl")
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
-                   if k in ("steps", "batch_size", "lr", "temperature", "mrl", "max_seq_length", "seed", "device")] + (["--bf16"] if a.bf16 else [])
+                   if k in ("steps", "batch_size", "lr", "temperature", "mrl", "max_seq_length", "device")] + (["--bf16"] if a.bf16 else [])
     valid = valid_data(a.queries, a.corpus, a.seed)
     print(f"valid: {valid}", file=sys.stderr)
-    models = {"base": None}
-    trained = {}
-    for c in [c.strip() for c in a.contenders.split(",") if c.strip()]:
-        res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", f"--out={tmp / c}", *passthrough], timeout=6 * 3600)
-        trained[c] = res; models[c] = res["model"]
-        print(f"trained {c} in {res['train_s']:.0f} s", file=sys.stderr, flush=True)
+    contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    models, trained = {"base": None}, {}
+    for s in range(a.seed, a.seed + a.seeds):  # the same pairs and valid set; the training seed changes
+        for c in contenders:
+            name = c if a.seeds == 1 else f"{c} seed {s}"
+            res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", f"--out={tmp / name.replace(' ', '_')}",
+                                              f"--seed={s}", *passthrough], timeout=6 * 3600)
+            trained[name] = res; models[name] = res["model"]
+            print(f"trained {name} in {res['train_s']:.0f} s", file=sys.stderr, flush=True)
     metrics = {}
     for c, path in models.items():
         t = time.perf_counter()
         model = Embedding.from_pretrained(path, device=a.device)
         metrics[c] = {str(d): m for d, m in evaluate(model, valid, dims=dims, ks=[10], batch_size=64).items()}
         print(f"evaluated {c} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    if a.seeds > 1:  # each contender's nDCG@10 over the seeds: mean, sample standard deviation, range
+        import statistics
+        spread = {c: {str(d): (lambda v: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)})(
+                      [metrics[f"{c} seed {s}"][str(d)]["ndcg@10"] for s in range(a.seed, a.seed + a.seeds)]) for d in dims}
+                  for c in contenders}
+        for c in contenders:
+            metrics[c] = {str(d): {"ndcg@10": spread[c][str(d)]["mean"],
+                                   "recall@10": statistics.mean(metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in range(a.seed, a.seed + a.seeds)),
+                                   "mrr@10": statistics.mean(metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in range(a.seed, a.seed + a.seeds))}
+                          for d in dims}
+        models = {"base": None, **{c: None for c in contenders}}  # the table shows the means
+    else:
+        spread = {}
     rows = []
     for d in dims:
         for c in models:
@@ -130,11 +147,17 @@ def main(argv=None):
     result = {"benchmark": "quality", "argv": sys.argv[1:], "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "data", "out")},
               "environment": environment(a.device), "valid": {"queries": len(valid.queries), "corpus": len(valid.corpus)},
               "train_pairs": len(pairs), "training": trained, "metrics": metrics, "ndcg10_embed_nb_minus_st": delta,
+              "ndcg10_over_seeds": spread,
               "target_met": all(v >= -0.005 for v in delta.values()) if delta else None}
     print(f"\n{result['environment']['device']}: {a.steps} steps of batch {a.batch_size} (lr {a.lr}, temperature {a.temperature}), "
           f"InsuranceQA valid: {len(valid.queries)} questions, {len(valid.corpus)} answers\n")
     print(markdown_table(["dim", "model", "nDCG@10", "Recall@10", "MRR@10"], rows))
-    if delta: print("\nnDCG@10 embed_nb - sentence-transformers: " + ", ".join(f"{d}: {v:+.4f}" for d, v in delta.items()))
+    if delta: print("\nnDCG@10 embed_nb - sentence-transformers: " + ", ".join(f"{d}: {v:+.4f}" for d, v in delta.items())
+                    + (f" (means over {a.seeds} seeds)" if spread else ""))
+    if spread:
+        print(f"\nnDCG@10 over {a.seeds} training seeds (mean ± sample std, [min, max]):\n")
+        print(markdown_table(["dim"] + contenders, [[d] + [f"{spread[c][str(d)]['mean']:.4f} ± {spread[c][str(d)]['std']:.4f} "
+                                                          f"[{spread[c][str(d)]['min']:.4f}, {spread[c][str(d)]['max']:.4f}]" for c in contenders] for d in dims]))
     print("wrote", save(a.name or f"quality_{a.device}", result))
 
 
