@@ -434,7 +434,7 @@ def _build(self: Run, cfg: TrainConfig):
     self.sampler = loader.batch_sampler  # this process's slice of each global batch
     if self.fsdp:
         shard_model(model, cfg.mixed_precision)
-    fused = self.acc.device.type == "cuda" and self.kind != "DEEPSPEED"
+    fused = self.acc.device.type == "cuda" and self.kind in ("NO", "MULTI_GPU") and not self.fsdp  # not sharded
     optimizer = _optimizer(model, cfg, fused=fused)
     # the sampler already gives this process its rows: accelerate only moves batches to the device
     self.loader = prepare_data_loader(loader, self.acc.device, num_processes=1, process_index=0, put_on_device=True)
