@@ -555,7 +555,7 @@ def row_texts(dataset: EmbeddingDataset) -> list[tuple[str, list[str]]]:
 
 # %% ../nbs/01_data.ipynb #8d763e12
 def _row_lengths(rows: list, collate: CachedCollator, cfg: TrainConfig, exact: bool = False) -> np.ndarray:
-    "Tokens of each row's query plus its longest fixed document: estimated from characters, or `exact`."
+    "Tokens of each row's query plus its longest fixed document: estimated from words, or `exact`."
     count = lambda cache, texts: cache.lengths(texts) if exact else cache.estimate_lengths(texts)
     lengths = count(collate.caches[cfg.query_max_len], [q for q, _ in rows])
     docs = [d for _, ds in rows for d in ds]

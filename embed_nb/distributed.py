@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import socket
 import sys
 import warnings
@@ -117,10 +118,11 @@ class WholeLines(io.TextIOBase):
         self.stream, self.drop, self.part = stream, tuple(drop), ""
 
     def write(self, s: str) -> int:
-        *lines, self.part = (self.part + s).split("\n")
+        # a line ends at "\n", or at "\r" (a progress bar redrawing its line)
+        *lines, self.part = re.split(r"(?<=[\r\n])", self.part + s)
         for line in lines:
-            if not (self.drop and line.startswith(self.drop)):
-                self.stream.write(line + "\n")
+            if not (self.drop and line.lstrip("\r").startswith(self.drop)):
+                self.stream.write(line)
                 self.stream.flush()
         return len(s)
 
@@ -142,8 +144,11 @@ def _in_process(fn, threads: int | None, *args):
     "What each launched process runs: its thread count set, its prints passed on line by line, then `fn(*args)`."
     if threads:
         torch.set_num_threads(threads)
-    with redirect_stdout(WholeLines(sys.stdout)):
-        fn(*args)
+    with redirect_stdout(WholeLines(sys.stdout)) as lines:
+        try:
+            fn(*args)
+        finally:
+            lines.stream.write(lines.part)  # a last line without its end
 
 
 def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = None):
