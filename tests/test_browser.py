@@ -6,6 +6,7 @@ control changes a figure, and each widget is photographed.
 
 Screenshots go to `test-output/browser/` (or $EMBED_NB_TEST_OUTPUT/browser)."""
 import json, os, shutil, socket, subprocess, sys, time, urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 import pytest
 from conftest import ROOT
@@ -120,64 +121,70 @@ def check_reader_view(page, n_widgets: int) -> list[dict]:
     return cells
 
 
-def test_widgets_tutorial_in_jupyterlab(lab):
+@contextmanager
+def chromium_page():
+    "A page of Debian's headless Chromium, driven by Playwright, closed after the block."
     from playwright.sync_api import sync_playwright
-    url, folder = lab
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
         try:
-            n_code = open_notebook(page, url, TUTORIAL)
-            live = set()  # the loss figures seen while the notebook runs: it redraws as training logs
-
-            def tick():
-                src = page.evaluate("() => document.querySelector('.embed-nb-losswidget img')?.src || null")
-                if src: live.add(src)
-
-            took = run_all(page, n_code, limit=900, tick=tick)
-            page.screenshot(path=str(OUT / "notebook.png"), full_page=True)
-            assert took < 360, f"the tutorial says JupyterLab's Run All takes under 6 minutes here; it took {took:.0f} s"
-            (OUT / "tutorial_seconds.txt").write_text(f"{took:.1f}\n")
-            cells = check_reader_view(page, n_widgets=3)
-            # Besides its widgets, the tutorial draws nothing: no figure left over from them in any other cell.
-            assert not [c for c in cells if not c["widgets"] and c["stray"]], cells
-
-            assert len(live) >= 3, f"the loss widget was drawn {len(live)} times while training ran"
-            # The three widgets rendered, with their figures.
-            for cls in ("embed-nb-losswidget", "embed-nb-similaritywidget", "embed-nb-mrlwidget"):
-                w = page.locator(f".{cls}")
-                assert w.count() == 1, f"{cls} not rendered"
-                assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
-
-            # A control changes the figure: the similarity widget's dimension, then the MRL widget's metric.
-            before = image_of(page, "embed-nb-similaritywidget")
-            page.locator(".embed-nb-similaritywidget select").nth(1).select_option(label="384")
-            page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
-                                   arg=["embed-nb-similaritywidget", before], timeout=60_000)
-            assert image_of(page, "embed-nb-similaritywidget") != before
-            before = image_of(page, "embed-nb-mrlwidget")
-            page.locator(".embed-nb-mrlwidget select").first.select_option(label="mrr@10")
-            page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
-                                   arg=["embed-nb-mrlwidget", before], timeout=60_000)
-
-            for cls, name in [("embed-nb-losswidget", "loss"), ("embed-nb-similaritywidget", "similarity"), ("embed-nb-mrlwidget", "mrl")]:
-                w = page.locator(f".{cls}")
-                w.scroll_into_view_if_needed()
-                w.screenshot(path=str(OUT / f"{name}_widget.png"))
-                assert (OUT / f"{name}_widget.png").stat().st_size > 5000
-            # Saved from the browser, the notebook holds every output: none is an error; each widget cell keeps its
-            # figure as a PNG beside the widget, for readers without a kernel.
-            page.keyboard.press("Control+s")
-            page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=30_000)
-            saved = json.loads((folder / "widgets.ipynb").read_text())
-            outputs = [o for c in saved["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-            assert not [o for o in outputs if o["output_type"] == "error"], [o for o in outputs if o["output_type"] == "error"]
-            assert all(c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code")
-            views = [o["data"] for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
-            assert sum("image/png" in d for d in views) == 3, [sorted(d) for d in views]
+            yield browser.new_page(viewport={"width": 1600, "height": 1000})
         finally:
             browser.close()
+
+
+def test_widgets_tutorial_in_jupyterlab(lab):
+    url, folder = lab
+    with chromium_page() as page:
+        n_code = open_notebook(page, url, TUTORIAL)
+        live = set()  # the loss figures seen while the notebook runs: it redraws as training logs
+
+        def tick():
+            src = page.evaluate("() => document.querySelector('.embed-nb-losswidget img')?.src || null")
+            if src: live.add(src)
+
+        took = run_all(page, n_code, limit=900, tick=tick)
+        page.screenshot(path=str(OUT / "notebook.png"), full_page=True)
+        assert took < 360, f"the tutorial says JupyterLab's Run All takes under 6 minutes here; it took {took:.0f} s"
+        (OUT / "tutorial_seconds.txt").write_text(f"{took:.1f}\n")
+        cells = check_reader_view(page, n_widgets=3)
+        # Besides its widgets, the tutorial draws nothing: no figure left over from them in any other cell.
+        assert not [c for c in cells if not c["widgets"] and c["stray"]], cells
+
+        assert len(live) >= 3, f"the loss widget was drawn {len(live)} times while training ran"
+        # The three widgets rendered, with their figures.
+        for cls in ("embed-nb-losswidget", "embed-nb-similaritywidget", "embed-nb-mrlwidget"):
+            w = page.locator(f".{cls}")
+            assert w.count() == 1, f"{cls} not rendered"
+            assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
+
+        # A control changes the figure: the similarity widget's dimension, then the MRL widget's metric.
+        before = image_of(page, "embed-nb-similaritywidget")
+        page.locator(".embed-nb-similaritywidget select").nth(1).select_option(label="384")
+        page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
+                               arg=["embed-nb-similaritywidget", before], timeout=60_000)
+        assert image_of(page, "embed-nb-similaritywidget") != before
+        before = image_of(page, "embed-nb-mrlwidget")
+        page.locator(".embed-nb-mrlwidget select").first.select_option(label="mrr@10")
+        page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
+                               arg=["embed-nb-mrlwidget", before], timeout=60_000)
+
+        for cls, name in [("embed-nb-losswidget", "loss"), ("embed-nb-similaritywidget", "similarity"), ("embed-nb-mrlwidget", "mrl")]:
+            w = page.locator(f".{cls}")
+            w.scroll_into_view_if_needed()
+            w.screenshot(path=str(OUT / f"{name}_widget.png"))
+            assert (OUT / f"{name}_widget.png").stat().st_size > 5000
+        # Saved from the browser, the notebook holds every output: none is an error; each widget cell keeps its
+        # figure as a PNG beside the widget, for readers without a kernel.
+        page.keyboard.press("Control+s")
+        page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=30_000)
+        saved = json.loads((folder / "widgets.ipynb").read_text())
+        outputs = [o for c in saved["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+        assert not [o for o in outputs if o["output_type"] == "error"], [o for o in outputs if o["output_type"] == "error"]
+        assert all(c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code")
+        views = [o["data"] for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert sum("image/png" in d for d in views) == 3, [sorted(d) for d in views]
     # The notebook's own checks ran in the kernel; the run it made is real.
     log = [json.loads(l) for l in (folder / "runs" / "tutorial" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval" in r] == [0, 6, 12]
@@ -186,21 +193,14 @@ def test_widgets_tutorial_in_jupyterlab(lab):
 @pytest.mark.parametrize("lab", [WIDGETS_NB], indirect=True)
 def test_widgets_notebook_in_jupyterlab(lab):
     "`08_widgets` run in JupyterLab shows each of its widgets live, once, with its controls, and no empty figure."
-    from playwright.sync_api import sync_playwright
     url, folder = lab
-    OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        try:
-            n_code = open_notebook(page, url, WIDGETS_NB)
-            took = run_all(page, n_code, limit=600)
-            page.screenshot(path=str(OUT / "08_widgets.png"), full_page=True)
-            assert took < 240, f"08_widgets took {took:.0f} s in JupyterLab (it says under 4 minutes)"
-            (OUT / "08_widgets_seconds.txt").write_text(f"{took:.1f}\n")
-            cells = check_reader_view(page, n_widgets=3)
-            assert [c["source"] for c in cells if c["widgets"]] == ["ew", "mr", "sw"], cells
-            for cls in ("embed-nb-losswidget", "embed-nb-mrlwidget", "embed-nb-similaritywidget"):
-                assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        n_code = open_notebook(page, url, WIDGETS_NB)
+        took = run_all(page, n_code, limit=600)
+        page.screenshot(path=str(OUT / "08_widgets.png"), full_page=True)
+        assert took < 240, f"08_widgets took {took:.0f} s in JupyterLab (it says under 4 minutes)"
+        (OUT / "08_widgets_seconds.txt").write_text(f"{took:.1f}\n")
+        cells = check_reader_view(page, n_widgets=3)
+        assert [c["source"] for c in cells if c["widgets"]] == ["ew", "mr", "sw"], cells
+        for cls in ("embed-nb-losswidget", "embed-nb-mrlwidget", "embed-nb-similaritywidget"):
+            assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
