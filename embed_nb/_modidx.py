@@ -90,6 +90,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                'embed_nb.data.mega_batches': ('data.html#mega_batches', 'embed_nb/data.py'),
                                'embed_nb.data.pack_batches': ('data.html#pack_batches', 'embed_nb/data.py'),
                                'embed_nb.data.pack_partial': ('data.html#pack_partial', 'embed_nb/data.py'),
+                               'embed_nb.data.padded_width': ('data.html#padded_width', 'embed_nb/data.py'),
                                'embed_nb.data.padding_fraction': ('data.html#padding_fraction', 'embed_nb/data.py'),
                                'embed_nb.data.read_examples': ('data.html#read_examples', 'embed_nb/data.py'),
                                'embed_nb.data.read_jsonl': ('data.html#read_jsonl', 'embed_nb/data.py'),

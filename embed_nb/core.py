@@ -258,7 +258,9 @@ class TrainConfig:
     group_by_length: bool = _speed(True, "batches of rows of similar length, from shuffled mega-batches")
     length_mega_batch: int = _speed(32, "batches per mega-batch when grouping by length", at_least(1))
     pad_to_multiple_of: int | None = _speed(
-        None, "round padded lengths up to a multiple of this; None: 64 on a GPU, 1 on CPU", at_least(1)
+        None,
+        "round padded lengths up to a multiple of this (shorter: a power of two from 8); None: 64 on a GPU, 1 on CPU",
+        at_least(1),
     )
     pad_to_max_length: bool = _speed(False, "pad every text to its max length, as the original trainer (slow)")
     no_duplicates: bool = _speed(False, "no query or positive twice in a batch (a duplicate is a false negative)")

@@ -22,9 +22,9 @@ from .core import DataError, TrainConfig
 
 # %% auto #0
 __all__ = ['FORMATS', 'DataFormat', 'detect_format', 'check_record', 'read_jsonl', 'read_examples', 'sample_negatives',
-           'load_teacher_vectors', 'EmbeddingDataset', 'Collator', 'TokenCache', 'CachedCollator', 'pack_batches',
-           'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction', 'row_texts',
-           'make_loader']
+           'load_teacher_vectors', 'EmbeddingDataset', 'Collator', 'padded_width', 'TokenCache', 'CachedCollator',
+           'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction',
+           'row_texts', 'make_loader']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -309,6 +309,13 @@ class Collator:
 _PIECES = re.compile(r"\w+|[^\w\s]")  # words and punctuation marks: what tokenizers split first
 
 
+def padded_width(longest: int, multiple: int = 1) -> int:
+    "`longest` rounded up to a `multiple`; below the multiple, to a power of two from 8 (short texts: little padding)."
+    if multiple <= 1 or longest >= multiple:
+        return -(-longest // multiple) * multiple
+    return min(multiple, max(8, 1 << (longest - 1).bit_length()))
+
+
 class TokenCache:
     "Token ids of each distinct text, tokenised once (truncated, unpadded), padded into batches on demand."
 
@@ -341,11 +348,11 @@ class TokenCache:
         return np.array([len(self.ids[t]) for t in texts])
 
     def batch(self, texts, pad_to: int | None = None, multiple: int = 1) -> dict:
-        "Tensors for `texts`, padded on the right to the longest rounded up to a `multiple` (or to `pad_to`)."
+        "Tensors for `texts`, padded on the right to the longest, in a bucket of `padded_width` (or to `pad_to`)."
         self.add(texts)
         seqs = [self.ids[t] for t in texts]
         longest = max(len(s) for s in seqs)
-        width = pad_to or min(-(-longest // multiple) * multiple, max(self.max_len, longest))
+        width = pad_to or min(padded_width(longest, multiple), max(self.max_len, longest))
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
