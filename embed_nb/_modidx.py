@@ -280,6 +280,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                 'embed_nb.train._alive': ('train.html#_alive', 'embed_nb/train.py'),
                                 'embed_nb.train._check_lock': ('train.html#_check_lock', 'embed_nb/train.py'),
                                 'embed_nb.train._clear_run': ('train.html#_clear_run', 'embed_nb/train.py'),
+                                'embed_nb.train._compile_layers': ('train.html#_compile_layers', 'embed_nb/train.py'),
                                 'embed_nb.train._finished_already': ('train.html#_finished_already', 'embed_nb/train.py'),
                                 'embed_nb.train._last_eval': ('train.html#_last_eval', 'embed_nb/train.py'),
                                 'embed_nb.train._launched_train': ('train.html#_launched_train', 'embed_nb/train.py'),

@@ -267,6 +267,9 @@ class TrainConfig:
     cached: bool = _speed(False, "GradCache: a batch of any size in the memory of mini_batch_size rows")
     mini_batch_size: int = _speed(32, "rows embedded at once when cached", at_least(1))
     gradient_checkpointing: bool = _speed(False, "recompute activations in the backward pass: less memory, more time")
+    compile: bool = _speed(
+        False, "torch.compile each transformer layer (dynamic shapes: compiled once); one process or DDP"
+    )
     log_interval: int = _log(10, "log every this many optimizer steps", at_least(1))
     log_with: str | None = _log(
         None, "tensorboard, or wandb when installed", one_of(None, "tensorboard", "wandb", "none")

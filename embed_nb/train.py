@@ -56,6 +56,7 @@ from embed_nb.distributed import (
     no_zero3_init,
     reset_accelerate_state,
     shard_model,
+    transformer_layer_classes,
 )
 from .evaluate import evaluate as evaluate_retrieval
 from .evaluate import load_retrieval_data
@@ -76,6 +77,20 @@ def _optimizer(model, cfg: TrainConfig, fused: bool = False):
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
+
+# %% ../nbs/07_train.ipynb #c0a1e7d3
+def _compile_layers(model: torch.nn.Module) -> int:
+    "Compile each transformer layer of `model` in place for dynamic shapes; how many were compiled."
+    with (
+        warnings.catch_warnings()
+    ):  # inductor imports this on CPU; its deprecation notice is torch's, not the reader's
+        warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+        import torch.utils.mkldnn  # noqa: F401
+    classes = transformer_layer_classes(model)
+    layers = [m for m in model.modules() if type(m).__name__ in classes]
+    for m in layers:
+        m.compile(dynamic=True)
+    return len(layers)
 
 # %% ../nbs/07_train.ipynb #82859104
 def _read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
@@ -434,6 +449,10 @@ def _build(self: Run, cfg: TrainConfig):
     self.sampler = loader.batch_sampler  # this process's slice of each global batch
     if self.fsdp:
         shard_model(model, cfg.mixed_precision)
+    if cfg.compile:
+        if self.fsdp or self.kind in ("DEEPSPEED", "FSDP"):
+            raise ConfigError(f"compile: true works with one process or DDP, not with {self.strategy or self.kind}")
+        _compile_layers(model)
     fused = self.acc.device.type == "cuda" and self.kind in ("NO", "MULTI_GPU") and not self.fsdp  # not sharded
     optimizer = _optimizer(model, cfg, fused=fused)
     # the sampler already gives this process its rows: accelerate only moves batches to the device

@@ -110,3 +110,29 @@ def test_tokenising_ahead_stops_with_the_run(tiny_model_no_dropout, tmp_path):
         CachedCollator.prefetch = orig
     loss = lambda d: [json.loads(l)["loss"] for l in open(tmp_path / d / "log.jsonl")]
     assert loss("ahead") == loss("before") and len(loss("ahead")) == 3
+
+
+def test_compile_trains_as_eager(tiny_model_no_dropout, tmp_path):
+    """compile: true gives the losses of the same run without it, compiles the layers once for batches of many shapes
+    (dynamic shapes: no recompiling per step), and saves a model that loads; DeepSpeed refuses it with a ConfigError."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    from sentence_transformers import SentenceTransformer
+    base = dict(model_name_or_path=tiny_model_no_dropout, train_dataset=str(EXAMPLES / "pairs.jsonl"), batch_size=4, max_steps=6,
+                log_interval=1, save_on_epoch_end=False, passage_max_len=64, query_max_len=32)
+    train({**base, "output_dir": str(tmp_path / "eager")})
+    torch._dynamo.reset()
+    counters.clear()
+    train({**base, "output_dir": str(tmp_path / "compiled"), "compile": True})
+    graphs = counters["stats"]["unique_graphs"]
+    loss = lambda d: np.array([json.loads(l)["loss"] for l in open(tmp_path / d / "log.jsonl")])
+    assert len(loss("compiled")) == 6 and np.abs(loss("compiled") - loss("eager")).max() < 1e-4
+    assert 1 <= graphs <= 3, graphs  # one layer function, for dynamic shapes (and its backward): not one per step
+    tok = Embedding.from_pretrained(tiny_model_no_dropout).tokenizer
+    loader = make_loader(EmbeddingDataset(base["train_dataset"]), tok, TrainConfig(**{**base, "output_dir": "x"}))
+    shapes = {tuple(b[s]["input_ids"].shape) for b, _ in zip(loader, range(6)) for s in ("query", "docs")}
+    assert len(shapes) >= 6, shapes  # the run met many batch shapes: the graph count above could have grown with them
+    saved = SentenceTransformer(str(tmp_path / "compiled" / "model"), device="cpu")
+    assert np.isfinite(saved.encode(["a query"])).all()
+    with pytest.raises(ConfigError, match="compile: true works with one process or DDP"):
+        train({**base, "output_dir": str(tmp_path / "ds"), "compile": True}, strategy="deepspeed")
