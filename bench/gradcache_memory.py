@@ -27,6 +27,7 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="results file name (default: gradcache_memory_<device>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -89,7 +90,7 @@ def main(argv=None):
     print(markdown_table(["run", "peak MiB (median)", "over load-only MiB", "samples/s"], rows))
     print(f"\npeak memory cached {a.cached_batch_size} / uncached {a.batch_size}: {ratio:.2f}x (target <= 1.3x); "
           f"training's own share: {increment_ratio:.2f}x; time per sample: {time_ratio:.2f}x")
-    print("wrote", save(f"gradcache_memory_{a.device}", result))
+    print("wrote", save(a.name or f"gradcache_memory_{a.device}", result))
 
 
 if __name__ == "__main__":

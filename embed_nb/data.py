@@ -306,7 +306,9 @@ class Collator:
         return batch
 
 # %% ../nbs/01_data.ipynb #2ca68149
-_PIECES = re.compile(r"\w+|[^\w\s]")  # words and punctuation marks: what tokenizers split first
+_CJK = "\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff"  # CJK characters, kana, Hangul: no spaces between words
+# each CJK character, words, punctuation marks: what tokenizers split first
+_PIECES = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
 
 
 def padded_width(longest: int, multiple: int = 1) -> int:
