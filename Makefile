@@ -70,7 +70,7 @@ nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=15
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
