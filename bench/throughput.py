@@ -156,6 +156,23 @@ def padding_shares(pairs, batch_size: int, max_len: int, model: str | None = Non
             "mean_answer_tokens": float(d.mean()), "mean_question_tokens": float(q.mean())}
 
 
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16 tensor-core peaks (SXM), NVIDIA's data sheets
+
+
+def model_flops_per_sample(model: str | None, q_tokens: float, d_tokens: float) -> dict:
+    "Training FLOPs of one (question, answer) pair: 6 x non-embedding parameters x tokens + attention (12 x layers x width x length^2)."
+    import torch
+    from transformers import AutoConfig, AutoModel
+    from embed_nb.distributed import _hf_folder
+    from embed_nb.model import default_model_path
+    cfg = AutoConfig.from_pretrained(_hf_folder(model or default_model_path()))
+    with torch.device("meta"):
+        hf = AutoModel.from_config(cfg)
+    params = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("embeddings.") and "pooler" not in n)
+    attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * (q_tokens ** 2 + d_tokens ** 2)
+    return {"non_embedding_parameters": params, "flops_per_sample": 6 * params * (q_tokens + d_tokens) + attention}
+
+
 def main(argv=None):
     a = parse(argv)
     if a.worker:
@@ -197,6 +214,13 @@ def main(argv=None):
     result = {"benchmark": "throughput", "argv": sys.argv[1:], "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "data")},
               "environment": environment(a.device), "padding": padding_shares(pairs, a.batch_size, a.max_seq_length, a.model),
               "summary": summary, "runs": runs}
+    pad = result["padding"]
+    flops = model_flops_per_sample(a.model, pad["mean_question_tokens"], pad["mean_answer_tokens"])
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in result["environment"]["device"]), None) if a.bf16 else None
+    result["model_flops"] = {**flops, "peak_tflops": peak, "counted": "real tokens only (padding is not useful work)"}
+    for s in summary.values():
+        s["model_tflops"] = s["median_samples_per_s"] * flops["flops_per_sample"] / 1e12
+        s["mfu"] = s["model_tflops"] / peak if peak else None
     gpu = "median_peak_gpu_mib" in next(iter(summary.values()))
     header = ["contender", "samples/s (median)", "per round", "× sentence-transformers", "× max-length padding", "peak RSS MiB"] + (["peak GPU MiB"] if gpu else [])
     rows = [[c, s["median_samples_per_s"], " ".join(f"{x['samples_per_s']:.2f}" for x in runs[c]),
@@ -213,7 +237,9 @@ def main(argv=None):
                s["process_speedup_vs_sentence_transformers"] or "-"] for c, s in summary.items()]
         print(f"\nwhole runs: one epoch of {n} pairs, model saved; tokenizer threads {a.tokenizer_threads}\n")
         print(markdown_table(wh, wr))
-    pad = result["padding"]
+    print("\nmodel FLOPs (6 x %.1fM non-embedding parameters x real tokens + attention): " % (flops["non_embedding_parameters"] / 1e6)
+          + ", ".join(f"{c} {s['model_tflops']:.2f} TFLOP/s" + (f" = {s['mfu']:.1%} of {peak} (bf16 peak)" if s["mfu"] else "")
+                      for c, s in summary.items()))
     print(f"\npadding share of answer tokens: random batches {pad['answers_random']:.1%}, length-grouped {pad['answers_grouped']:.1%}, "
           f"max length {pad['answers_max_length']:.1%} (mean answer {pad['mean_answer_tokens']:.0f} tokens, question {pad['mean_question_tokens']:.0f})")
     print("wrote", save(a.name or f"throughput_{a.device}", result))
