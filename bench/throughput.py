@@ -134,7 +134,7 @@ def worker(a) -> dict:
     import torch
     start = time.perf_counter()
     times = worker_sentence_transformers(a) if a.worker == "sentence_transformers" else worker_embed_nb(a, a.worker)
-    dt = times[a.warmup + a.steps] - times[a.warmup]
+    dt = times[a.warmup + a.steps] - (times[a.warmup] if a.warmup else times["call"])  # --warmup 0: from the call
     out = {"contender": a.worker, "samples_per_s": a.steps * a.batch_size / dt, "timed_s": dt, "wall_s": time.perf_counter() - start,
            "peak_rss_mib": peak_rss_mib(), "train_call_s": times["done"] - times["call"],
            "first_step_s": times[1] - times["call"] if 1 in times else None}  # step 1 is logged in --whole-run
@@ -177,7 +177,7 @@ def main(argv=None):
     a = parse(argv)
     if a.worker:
         print(json.dumps(worker(a))); return
-    if a.steps % a.warmup: raise SystemExit("--steps must be a multiple of --warmup")
+    if a.warmup < 1 or a.steps % a.warmup: raise SystemExit("--steps must be a multiple of --warmup (at least 1)")
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
     ensure_requirements((["datasets"] if "sentence_transformers" in contenders else []) + ([] if a.pairs else ["insuranceqa_data"]))
     n = a.max_examples or a.batch_size * (a.warmup + a.steps)
