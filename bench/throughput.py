@@ -78,7 +78,7 @@ def worker_embed_nb(a, name: str) -> dict:
     mark = _timer(times, {1, a.warmup, total})
     dims = [int(d) for d in a.mrl.split(",") if d.strip()]
     out = tempfile.mkdtemp(prefix="bench_")
-    cfg = dict(model_name_or_path=a.model, train_dataset=a.data, output_dir=out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=a.warmup,
+    cfg = dict(model_name_or_path=a.model, train_dataset=a.data, output_dir=out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=max(a.warmup, 1),
                lr=a.lr, temperature=a.temperature, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
                query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,
                mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None,
