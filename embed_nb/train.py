@@ -379,6 +379,8 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, strategy: str | None = None, zero_stage: int = 2, callbacks=()):
         check_strategy(cfg, strategy, zero_stage)
+        if cfg.compile and strategy in ("deepspeed", "fsdp"):  # refused before any process-wide state is set
+            raise ConfigError(f"compile: true works with one process or DDP, not with {strategy}")
         check_fsdp_layers(cfg.model_name_or_path)  # the layers an FSDP yaml names, before accelerate starts
         self.cfg, self.strategy = cfg, strategy
         self.dataset, self.eval_data = _read_data(cfg)
