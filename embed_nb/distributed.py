@@ -261,6 +261,8 @@ def check_strategy(cfg: TrainConfig, strategy: str | None, zero_stage: int = 2, 
             "cached (GradCache) back-propagates several times per step, which DeepSpeed's engine does "
             "not allow: use ddp or fsdp"
         )
+    if strategy in ("deepspeed", "fsdp") and cfg.compile:
+        raise ConfigError(f"compile: true works with one process or DDP, not with {strategy}")
     if strategy == "deepspeed" and zero_stage == 3 and num_processes > 1 and not torch.cuda.is_available():
         raise ConfigError(
             "DeepSpeed ZeRO-3 hangs in its first step on CPU processes: use ZeRO 1 or 2, or "

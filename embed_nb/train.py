@@ -81,9 +81,8 @@ def _optimizer(model, cfg: TrainConfig, fused: bool = False):
 # %% ../nbs/07_train.ipynb #c0a1e7d3
 def _compile_layers(model: torch.nn.Module) -> int:
     "Compile each transformer layer of `model` in place for dynamic shapes; how many were compiled."
-    with (
-        warnings.catch_warnings()
-    ):  # inductor imports this on CPU; its deprecation notice is torch's, not the reader's
+    # inductor imports this on CPU; its deprecation notice is torch's, not the reader's
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
         import torch.utils.mkldnn  # noqa: F401
     classes = transformer_layer_classes(model)
@@ -379,8 +378,6 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, strategy: str | None = None, zero_stage: int = 2, callbacks=()):
         check_strategy(cfg, strategy, zero_stage)
-        if cfg.compile and strategy in ("deepspeed", "fsdp"):  # refused before any process-wide state is set
-            raise ConfigError(f"compile: true works with one process or DDP, not with {strategy}")
         check_fsdp_layers(cfg.model_name_or_path)  # the layers an FSDP yaml names, before accelerate starts
         self.cfg, self.strategy = cfg, strategy
         self.dataset, self.eval_data = _read_data(cfg)
