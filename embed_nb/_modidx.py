@@ -173,6 +173,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                     'embed_nb.gradcache._embed_without_grad': ( 'gradcache.html#_embed_without_grad',
                                                                                 'embed_nb/gradcache.py'),
                                     'embed_nb.gradcache._mini_batches': ('gradcache.html#_mini_batches', 'embed_nb/gradcache.py'),
+                                    'embed_nb.gradcache._reorder': ('gradcache.html#_reorder', 'embed_nb/gradcache.py'),
                                     'embed_nb.gradcache._replay_with_grad': ('gradcache.html#_replay_with_grad', 'embed_nb/gradcache.py'),
                                     'embed_nb.gradcache._upcast': ('gradcache.html#_upcast', 'embed_nb/gradcache.py'),
                                     'embed_nb.gradcache.grad_cache': ('gradcache.html#grad_cache', 'embed_nb/gradcache.py')},

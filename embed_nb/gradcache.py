@@ -40,15 +40,27 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _mini_batches(features: dict, count: int) -> list[tuple[dict, bool]]:
-    "`features` cut into `count` slices of rows; an empty slice becomes a stand-in row (flag False)."
+def _reorder(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    "The rows of `t` in the order `rows` gives."
+    return t[rows.to(t.device)]
+
+
+def _mini_batches(features: dict, count: int) -> tuple[list[tuple[dict, bool]], torch.Tensor]:
+    """`features` cut into `count` mini-batches of rows of similar length, longest first, each trimmed to its own longest
+    row; an empty one becomes a stand-in row (flag False). Also the order of the rows in the mini-batches."""
+    mask = features["attention_mask"].cpu()  # one copy to the host, not one per mini-batch
+    order = torch.argsort(mask.sum(1), descending=True, stable=True)
     out = []
-    for idx in torch.tensor_split(torch.arange(len(features["input_ids"])), count):
-        if len(idx):
-            out.append(({k: v[int(idx[0]) : int(idx[-1]) + 1] for k, v in features.items()}, True))
-        else:
-            out.append(({k: v[:1] for k, v in features.items()}, False))
-    return out
+    for idx in torch.tensor_split(order, count):
+        rows = idx if len(idx) else order[-1:]  # a stand-in: the shortest row
+        used = mask[rows].any(0).nonzero()  # the columns some row of this mini-batch attends to
+        width = int(used.max()) + 1 if len(used) else mask.shape[1]  # right padding past it goes; left padding stays
+        part = {}
+        for k, v in features.items():
+            v = v[rows.to(v.device)]
+            part[k] = v[:, :width] if v.dim() > 1 and v.shape[1] == mask.shape[1] else v
+        out.append((part, bool(len(idx))))
+    return out, order
 
 
 def _agreed_counts(batch: dict, sides: list, mini_batch_size: int) -> list[int]:
@@ -97,12 +109,16 @@ def grad_cache(
     "One forward-backward of `loss_fn` over `batch` in mini-batches (GradCache); returns the detached losses."
     sides = [k for k in ("query", "docs") if k in batch]
     counts = _agreed_counts(batch, sides, mini_batch_size)
-    pieces = {s: _mini_batches(batch[s], c) for s, c in zip(sides, counts)}
+    pieces, order = {}, {}
+    for s, c in zip(sides, counts):
+        pieces[s], order[s] = _mini_batches(batch[s], c)
     states, reps = _embed_without_grad(model, pieces)  # 1.
-    emb = {s: torch.cat(reps[s]).requires_grad_() for s in sides}  # 2.
+    emb = {s: _reorder(torch.cat(reps[s]), torch.argsort(order[s])).requires_grad_() for s in sides}  # 2. batch order
     rest = {k: v for k, v in batch.items() if k not in sides}
     losses = loss_fn(*gather(emb, rest)) if gather else loss_fn(emb, rest)
     losses["loss"].backward()
-    grads = {s: iter(emb[s].grad.split([len(f["input_ids"]) for f, real in pieces[s] if real])) for s in sides}
+    grads = {
+        s: iter(_reorder(emb[s].grad, order[s]).split([len(f["input_ids"]) for f, r in pieces[s] if r])) for s in sides
+    }
     _replay_with_grad(model, pieces, states, grads, backward or (lambda t: t.backward()), no_sync)  # 3.
     return {k: v.detach() for k, v in losses.items()}

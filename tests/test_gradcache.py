@@ -78,7 +78,10 @@ def test_dropout_is_replayed(dropout_model):
     batch, loss = batch_of("hard_neg", net), InfoNCELoss(0.05)
     def chunked(seed):
         torch.manual_seed(seed)
-        emb = {s: torch.cat([net({s: f})[s] for f, _ in _mini_batches(batch[s], -(-len(batch[s]["input_ids"]) // 3))]) for s in ("query", "docs")}
+        emb = {}
+        for s in ("query", "docs"):  # the mini-batches GradCache embeds (rows by length), back in the batch's order
+            parts, order = _mini_batches(batch[s], -(-len(batch[s]["input_ids"]) // 3))
+            emb[s] = torch.cat([net({s: f})[s] for f, _ in parts])[torch.argsort(order)]
         out = loss(emb, batch); out["loss"].backward(); return out
     def cached(seed):
         torch.manual_seed(seed); return grad_cache(net, batch, loss, 3)
@@ -91,9 +94,30 @@ def test_dropout_is_replayed(dropout_model):
 def test_stand_in_rows():
     "Short of rows for the agreed number of mini-batches, a process embeds a stand-in row, flagged as such."
     feats = {"input_ids": torch.arange(6).view(2, 3), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
-    pieces = _mini_batches(feats, 3)
-    assert [real for _, real in pieces] == [True, True, False]
-    assert [f["input_ids"].tolist() for f, _ in pieces] == [[[0, 1, 2]], [[3, 4, 5]], [[0, 1, 2]]]
+    pieces, order = _mini_batches(feats, 3)
+    assert [real for _, real in pieces] == [True, True, False] and order.tolist() == [0, 1]
+    assert [f["input_ids"].tolist() for f, _ in pieces] == [[[0, 1, 2]], [[3, 4, 5]], [[3, 4, 5]]]
+
+
+def test_mini_batches_by_length_cost_less_and_change_nothing(tiny_model_no_dropout):
+    """A batch with one long text: mini-batches of rows by length are narrower than the batch, and GradCache's loss and
+    gradients equal the plain step's (float64)."""
+    net = Embedding.from_pretrained(tiny_model_no_dropout).double()
+    texts = [f"question {i} " + "word " * (12 if i == 5 else i % 4) for i in range(12)]
+    tok = lambda t: net.tokenizer(t, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    batch = {"query": dict(tok(texts)), "docs": dict(tok([t + " answer" for t in texts])),
+             "doc_index": torch.arange(12).view(12, 1)}  # query i's positive is doc i
+    pieces, order = _mini_batches(batch["query"], 4)
+    widths = [f["input_ids"].shape[1] for f, _ in pieces]
+    assert widths[0] == batch["query"]["input_ids"].shape[1] > 2 * max(widths[1:]), widths
+    assert sorted(order.tolist()) == list(range(12)) and order[0] == 5
+    loss = InfoNCELoss(0.05)
+    def plain():
+        out = loss(net(batch), batch); out["loss"].backward(); return out
+    ref, ref_grads = grads_of(net, plain)
+    out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, 3))
+    assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-10
+    assert max_diff(grads, ref_grads) <= 1e-10
 
 
 def cfg(model, name, out, **kw):
@@ -112,7 +136,9 @@ def assert_same_run(a, b):
     la, lb = losses(a), losses(b)
     assert len(la) == len(lb) >= 4 and np.abs(la - lb).max() <= 1e-4 * np.abs(la).max(), (la, lb)
     wa, wb = weights(Path(a) / "model"), weights(Path(b) / "model")
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+    # float32 sums in another order (GradCache's mini-batches are narrower), and Adam divides a gradient near zero by
+    # its own size: a weight can end a few 1e-5 apart (measured: 1.1e-5 on a LayerNorm weight of 1.0)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 3e-5
 
 
 def test_train_cached_with_accumulation(tiny_model_no_dropout, tmp_path):
