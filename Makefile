@@ -66,11 +66,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check embed_nb
 	$(BIN)/ruff format --check nbs
 
+# The tutorial is left out here: tests/test_browser.py runs it whole, in JupyterLab, and checks more than nbdev_test.
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/nbdev_test --n_workers 2 --skip_folder_re '^([_.]|tutorials$$)'
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=15
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,3 +1,4 @@
+import inspect
 import json
 from pathlib import Path
 import pytest
@@ -25,3 +26,16 @@ def tiny_model_no_dropout(tmp_path_factory):
     "The same without dropout, so that two runs differ only in how their batches are split."
     from embed_nb.model import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp("tiny0"), example_texts(), hidden=32, dropout=0.0)
+
+
+# `make test` runs the tests in two processes (pytest-xdist, --dist loadgroup). Launchers that take a fixed port unless
+# told otherwise (torchrun and accelerate launch: 29500; DeepSpeed in one process binds MASTER_PORT, 29500) must not run
+# at the same time: the tests that use them run one after another, in one group. embed_nb's own launcher picks a free
+# port, so its tests run anywhere.
+FIXED_PORT = ("torchrun", '"launch"', "deepspeed")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ == "test_distributed" or any(s in inspect.getsource(item.function) for s in FIXED_PORT):
+            item.add_marker(pytest.mark.xdist_group("fixed_port"))
