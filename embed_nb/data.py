@@ -500,6 +500,7 @@ class BatchSampler:
         self.world_size, self.rank = world_size, rank
         self.global_size, self._drawn, self.skip = batch_size * world_size, None, 0
         self.on_epoch = None  # called with this process's batches of an epoch as it starts (to prefetch their texts)
+        self.later_lengths = None  # a function giving better lengths for the epochs after the first (exact counts)
 
     def set_epoch(self, epoch: int):
         "Draw the batches of `epoch`; a new epoch starts at its first batch (`skip`: after a resumed run's first few)."
@@ -514,6 +515,10 @@ class BatchSampler:
         return self._drawn[1]
 
     def _draw(self) -> list[list[int]]:
+        if (
+            self.epoch > 0 and self.group and self.later_lengths is not None
+        ):  # from the second epoch, whether resumed or not
+            self.lengths, self.later_lengths = np.asarray(self.later_lengths()), None
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
         batches, rest = [], []
@@ -598,5 +603,8 @@ def make_loader(
         rank,
     )
     sampler.on_epoch = lambda batches: collate.prefetch(dataset, batches)
+    sampler.later_lengths = lambda: _row_lengths(
+        rows, collate, cfg, exact=True
+    )  # tokenised by then: the first epoch's
     pin = torch.device(device).type == "cuda"  # page-locked batches copy to the GPU without a wait
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin)
