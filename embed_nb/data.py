@@ -386,8 +386,9 @@ class CachedCollator(Collator):
     def tokenize(self, texts, max_len):
         return self.caches[max_len].batch(list(texts), max_len if self.pad_to_max_length else None, self.multiple)
 
-    def prefetch(self, dataset, batches: list[list[int]], chunk: int = 2048):
-        "Tokenise the texts of `dataset`'s rows in `batches`, in their order, in a background thread; return it."
+    def prefetch(self, dataset, batches: list[list[int]], chunk: int = 2048, then: list | None = None):
+        """Tokenise the texts of `dataset`'s rows in `batches`, in their order, in a background thread; return it.
+        `then`: (query, documents) of rows to tokenise after those (the other processes' rows, for the exact lengths)."""
         self.stop_prefetch()
         self._stop = stop = threading.Event()
         # the tokenizer's settings (truncation length) are state: the thread gets its own copy, made once
@@ -405,6 +406,11 @@ class CachedCollator(Collator):
                     self.caches[self.query_max_len].add(queries, tokenizer=tok)
                     self.caches[self.passage_max_len].add(docs, tokenizer=tok)
                     queries, docs = [], []
+            for s in range(0, len(then or []), chunk):
+                if stop.is_set():
+                    return
+                self.caches[self.query_max_len].add([q for q, _ in then[s : s + chunk]], tokenizer=tok)
+                self.caches[self.passage_max_len].add([d for _, ds in then[s : s + chunk] for d in ds], tokenizer=tok)
 
         self._thread = threading.Thread(target=work, name="embed_nb tokenising", daemon=True)
         self._thread.start()
@@ -602,7 +608,8 @@ def make_loader(
         world_size,
         rank,
     )
-    sampler.on_epoch = lambda batches: collate.prefetch(dataset, batches)
+    later = rows if world_size > 1 and sampler.group else None  # the rows of the other processes too, for epoch 2
+    sampler.on_epoch = lambda batches: collate.prefetch(dataset, batches, then=later)
     sampler.later_lengths = lambda: _row_lengths(
         rows, collate, cfg, exact=True
     )  # tokenised by then: the first epoch's

@@ -102,8 +102,8 @@ def test_tokenising_ahead_stops_with_the_run(tiny_model_no_dropout, tmp_path):
     assert not [t for t in threading.enumerate() if t.name == "embed_nb tokenising"]
     orig = CachedCollator.prefetch
     try:  # the same run with the whole epoch tokenised, in this thread, before the first batch
-        def before(self, dataset, batches, chunk=2048):
-            orig(self, dataset, batches, chunk).join()
+        def before(self, dataset, batches, chunk=2048, then=None):
+            orig(self, dataset, batches, chunk, then).join()
         CachedCollator.prefetch = before
         train({**base, "output_dir": str(tmp_path / "before")})
     finally:
