@@ -521,9 +521,7 @@ class BatchSampler:
         return self._drawn[1]
 
     def _draw(self) -> list[list[int]]:
-        if (
-            self.epoch > 0 and self.group and self.later_lengths is not None
-        ):  # from the second epoch, whether resumed or not
+        if self.epoch > 0 and self.group and self.later_lengths is not None:  # from epoch 2, resumed or not
             self.lengths, self.later_lengths = np.asarray(self.later_lengths()), None
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
@@ -610,8 +608,7 @@ def make_loader(
     )
     later = rows if world_size > 1 and sampler.group else None  # the rows of the other processes too, for epoch 2
     sampler.on_epoch = lambda batches: collate.prefetch(dataset, batches, then=later)
-    sampler.later_lengths = lambda: _row_lengths(
-        rows, collate, cfg, exact=True
-    )  # tokenised by then: the first epoch's
+    # from the second epoch: exact counts, of texts the first epoch's thread has tokenised
+    sampler.later_lengths = lambda: _row_lengths(rows, collate, cfg, exact=True)
     pin = torch.device(device).type == "cuda"  # page-locked batches copy to the GPU without a wait
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin)
