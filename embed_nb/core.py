@@ -267,6 +267,11 @@ class TrainConfig:
     cached: bool = _speed(False, "GradCache: a batch of any size in the memory of mini_batch_size rows")
     mini_batch_size: int = _speed(32, "rows embedded at once when cached", at_least(1))
     gradient_checkpointing: bool = _speed(False, "recompute activations in the backward pass: less memory, more time")
+    attention_dropout: float | None = _speed(
+        None,
+        "dropout of attention probabilities in training; None: the model's (BERT: 0.1); 0: a cheaper step",
+        (_each(lambda v: 0 <= v < 1), "must be in [0, 1)"),
+    )
     compile: bool = _speed(
         False, "torch.compile each transformer layer (dynamic shapes: compiled once); one process or DDP"
     )

@@ -281,6 +281,19 @@ def _set_inner(transformer: nn.Module, model: nn.Module):
     setattr(transformer, inner, model)
 
 
+def _set_attention_dropout(model: nn.Module, p: float) -> int:
+    "Set the dropout of attention probabilities in `model`'s attention modules to `p`; how many were set."
+    n = 0
+    for m in model.modules():
+        if not type(m).__name__.endswith("Attention"):  # BertSelfAttention, Qwen2Attention, MultiHeadSelfAttention
+            continue
+        if isinstance(getattr(m, "dropout", None), nn.Dropout):  # BERT-likes: its p goes to the attention kernel
+            m.dropout.p, n = p, n + 1
+        elif isinstance(getattr(m, "attention_dropout", None), float):  # decoders, ModernBERT: a plain number
+            m.attention_dropout, n = p, n + 1
+    return n
+
+
 @contextmanager
 def _merged(transformer: nn.Module, merge: bool = True):
     "Within the block, `transformer.auto_model` is a copy with its LoRA adapters merged in (when it has any)."
@@ -384,6 +397,16 @@ class Embedding(nn.Module):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return self
+
+    def set_attention_dropout(self, p: float) -> Embedding:
+        "Train with dropout `p` on the attention probabilities (the model's config, and so its saved copy, keep theirs)."
+        changed = _set_attention_dropout(self.transformer, p)
+        if not changed:
+            raise ConfigError(
+                f"attention_dropout: found no attention dropout to set in {type(self.transformer).__name__} "
+                "(no module named *Attention with a dropout)"
+            )
         return self
 
     def save_pretrained(

@@ -437,6 +437,8 @@ def _build(self: Run, cfg: TrainConfig):
     model.train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing()
+    if cfg.attention_dropout is not None:
+        model.set_attention_dropout(cfg.attention_dropout)
     if cfg.eval_dims and max(cfg.eval_dims) > model.dim:
         raise ConfigError(f"eval_dims: {max(cfg.eval_dims)} exceeds the model's width {model.dim}")
     for m in model.modules():  # the HF pooler is never used by sentence-transformers

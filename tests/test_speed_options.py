@@ -136,3 +136,21 @@ def test_compile_trains_as_eager(tiny_model_no_dropout, tmp_path):
     assert np.isfinite(saved.encode(["a query"])).all()
     with pytest.raises(ConfigError, match="compile: true works with one process or DDP"):
         train({**base, "output_dir": str(tmp_path / "ds"), "compile": True}, strategy="deepspeed")
+
+
+def test_attention_dropout_reaches_training_only(tiny_model_no_dropout, tmp_path):
+    """attention_dropout: 0 on a model without dropout changes nothing; 0.5 changes the losses (the key reaches the
+    training model); the saved model's config keeps the dropout it came with; a value out of [0, 1) is refused."""
+    base = dict(model_name_or_path=tiny_model_no_dropout, train_dataset=str(EXAMPLES / "pairs.jsonl"), batch_size=8, max_steps=3,
+                log_interval=1, save_on_epoch_end=False, passage_max_len=64, query_max_len=32)
+    loss = lambda d: np.array([json.loads(l)["loss"] for l in open(tmp_path / d / "log.jsonl")])
+    for name, p in [("none", None), ("zero", 0.0), ("half", 0.5)]:
+        train({**base, "output_dir": str(tmp_path / name), "attention_dropout": p})
+    assert len(loss("none")) == 3 and np.array_equal(loss("zero"), loss("none"))
+    assert np.abs(loss("half") - loss("none")).max() > 1e-3
+    saved = json.loads(next((tmp_path / "half" / "model").rglob("config.json")).read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.0
+    f = tmp_path / "c.yaml"
+    f.write_text("train_dataset: x.jsonl\nattention_dropout: 1.5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: 'attention_dropout' must be in \[0, 1\)"):
+        load_config(f)
