@@ -32,7 +32,8 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--contenders", default="embed_nb,sentence_transformers",
-                   help="also: embed_nb_nogroup (random batches), embed_nb_nodup (no_duplicates)")
+                   help="also: embed_nb_nogroup (random batches), embed_nb_nodup (no_duplicates), "
+                        "embed_nb_noattndrop (attention_dropout: 0)")
     p.add_argument("--name", default=None, help="results file name (default: quality_<device>)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -61,7 +62,8 @@ def train_worker(a) -> dict:
     total = a.steps
     if a.worker.startswith("embed_nb"):
         from embed_nb.train import train
-        options = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False), "embed_nb_nodup": dict(no_duplicates=True)}[a.worker]
+        options = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False), "embed_nb_nodup": dict(no_duplicates=True),
+                   "embed_nb_noattndrop": dict(attention_dropout=0.0)}[a.worker]
         train(dict(train_dataset=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=10,
                    lr=a.lr, temperature=a.temperature, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
                    query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,

@@ -10,7 +10,8 @@ alternate within each round, in a rotated order, for --rounds rounds. samples/s 
 
 Contenders: embed_nb (defaults: length-grouped batches, tokenised once), sentence_transformers (its trainer, default
 batch sampler), embed_nb_nogroup (dynamic padding, random batches), embed_nb_maxpad (padding to max length, the spec's
-original behaviour), embed_nb_cached (GradCache, --mini-batch-size), embed_nb_compile (compile: true). Prints a markdown table, writes bench/results/.
+original behaviour), embed_nb_cached (GradCache, --mini-batch-size), embed_nb_compile (compile: true), embed_nb_noattndrop
+(attention_dropout: 0). Prints a markdown table, writes bench/results/.
 
 --whole-run: each contender trains one whole epoch of --max-examples pairs and saves its model; reported per contender:
 the process's wall time (start to saved model, imports included), the train call's time (embed_nb's `train()` against
@@ -30,7 +31,7 @@ EMBED_NB_OPTIONS = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=Fal
                     "embed_nb_maxpad": dict(group_by_length=False, pad_to_max_length=True),
                     "embed_nb_cached": dict(cached=True), "embed_nb_nodup": dict(no_duplicates=True),
                     "embed_nb_mult16": dict(pad_to_multiple_of=16), "embed_nb_mult64": dict(pad_to_multiple_of=64),
-                    "embed_nb_compile": dict(compile=True)}
+                    "embed_nb_compile": dict(compile=True), "embed_nb_noattndrop": dict(attention_dropout=0.0)}
 
 
 def parse(argv=None):

@@ -1,4 +1,5 @@
 import inspect
+import re
 import json
 from pathlib import Path
 import pytest
@@ -39,3 +40,33 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__ == "test_distributed" or any(s in inspect.getsource(item.function) for s in FIXED_PORT):
             item.add_marker(pytest.mark.xdist_group("fixed_port"))
+
+
+# A launched process that dies of a signal (a C++ abort, a segfault) prints why and, through torch's fault handler, its
+# threads' Python stacks on stderr; pytest puts that in the middle of a long report. The lines that say why, with each
+# thread's innermost frames, are repeated at the end of the run, where a CI log's tail shows them.
+WHY = re.compile(r"terminate called|what\(\):|Fatal Python error|Segmentation fault|Thread 0x|Current thread")
+FRAME = re.compile(r'^\s+File ".*", line \d+ in ')
+crashes = {}
+
+
+def pytest_runtest_logreport(report):
+    if not report.failed:
+        return
+    lines, frames = [], 0
+    for line in (l for name, text in report.sections if "stderr" in name for l in text.splitlines()):
+        if WHY.search(line):
+            lines.append(line)
+            frames = 0
+        elif FRAME.search(line) and frames < 6 and lines:
+            lines.append(line)
+            frames += 1
+    if lines:
+        crashes[report.nodeid] = lines
+
+
+def pytest_terminal_summary(terminalreporter):
+    for nodeid, lines in crashes.items():
+        terminalreporter.section(f"fatal errors printed during {nodeid}", sep="-")
+        for line in lines[:80]:
+            terminalreporter.line(line)
