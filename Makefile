@@ -67,8 +67,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check nbs
 
 # Notebooks and tests run two at a time, each torch process on one thread (OMP_NUM_THREADS=1): two jobs of two
-# threads each on two cores spin-wait for each other (measured: pytest 666 s with the default threads, 526 s with one;
-# the JupyterLab tutorial alone 246 s against 96 s). The processes embed_nb launches take their share from it too.
+# threads each on two cores spin-wait for each other (measured: pytest 666 s with the default threads, 526 s with
+# one; the JupyterLab tutorial test within it 246 s against 96 s). The processes embed_nb launches take their share
+# from it too.
 # The tutorial is left out here: tests/test_browser.py runs it whole, in JupyterLab, and checks more than nbdev_test.
 nbtest: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --skip_folder_re '^([_.]|tutorials$$)'
