@@ -61,10 +61,11 @@ check-readme: $(STAMP)
 	@$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --stdout | diff -q - README.md >/dev/null \
 	  || { echo "FAIL: README.md differs from nbs/index.ipynb (run make readme)"; exit 1; }; echo "ok: README in sync"
 
-# ruff (line length 119, as sentence-transformers): the exported library is linted, the notebooks it comes from formatted.
+# ruff (line length 119, as sentence-transformers): the exported library, the tests, the benchmarks and the tools are
+# linted; the notebooks the library comes from, the tests, the benchmarks and the tools are formatted.
 lint: $(STAMP)
-	$(BIN)/ruff check embed_nb
-	$(BIN)/ruff format --check nbs
+	$(BIN)/ruff check embed_nb tests bench tools
+	$(BIN)/ruff format --check nbs tests bench tools
 
 # Notebooks and tests run two at a time, each torch process on one thread (OMP_NUM_THREADS=1): two jobs of two
 # threads each on two cores spin-wait for each other (measured: pytest 666 s with the default threads, 526 s with
