@@ -14,20 +14,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 MODELS=$(mktemp -d)
 "$PY" - "$MODELS" "$TOK" <<'PYEOF'
 import sys
-from pathlib import Path
-from transformers import AutoTokenizer, BertConfig, BertModel
-from sentence_transformers import SentenceTransformer, models
-from embed_nb.model import default_model_path
-out, tok_dir = Path(sys.argv[1]), sys.argv[2] or default_model_path()
-tok = AutoTokenizer.from_pretrained(tok_dir)
-for name, (hidden, layers, heads) in {"minilm": (384, 6, 12), "bert-base": (768, 12, 12)}.items():
-    hf = out / name / "hf"
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         intermediate_size=4 * hidden, max_position_embeddings=512)).save_pretrained(hf)
-    tok.save_pretrained(hf)
-    st = SentenceTransformer(modules=[models.Transformer(str(hf), max_seq_length=256), models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
-    st.save(str(out / name / "st"))
-    print(name, sum(p.numel() for p in st.parameters()) / 1e6, "M parameters")
+sys.path.insert(0, "bench")
+from common import random_bert
+for name, (hidden, layers) in {"minilm": (384, 6), "bert-base": (768, 12)}.items():
+    print(name, random_bert(f"{sys.argv[1]}/{name}", hidden, layers, 12, sys.argv[2] or None))
 PYEOF
 mkdir -p bench/results
 for shape in minilm bert-base; do

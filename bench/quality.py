@@ -10,15 +10,23 @@ dimension.
 
     .venv/bin/python bench/quality.py --steps 60 --batch-size 32 --queries 500 --corpus 5000
 """
+
 from __future__ import annotations
-import argparse, json, random, sys, tempfile, time
+import json
+import random
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, insuranceqa, markdown_table, run_worker, save, train_pairs, write_jsonl, ensure_requirements
+from common import EMBED_NB_OPTIONS, embed_nb_config, mrl_dims, sentence_transformers_side
+from common import ensure_requirements, insuranceqa, markdown_table, parser, passthrough, report, run_worker, save
+from common import train_pairs, write_jsonl
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, "worker", "data", "out")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -28,29 +36,33 @@ def parse(argv=None):
     p.add_argument("--queries", type=int, default=500, help="valid questions evaluated")
     p.add_argument("--corpus", type=int, default=5000, help="documents searched")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=1, help="training seeds (seed, seed+1, ...): mean and spread per dimension")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="training seeds (seed, seed+1, ...): mean and spread per dimension"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--contenders", default="embed_nb,sentence_transformers",
-                   help="also: embed_nb_nogroup (random batches), embed_nb_nodup (no_duplicates), "
-                        "embed_nb_noattndrop (attention_dropout: 0)")
+    p.add_argument(
+        "--contenders",
+        default="embed_nb,sentence_transformers",
+        help="also: embed_nb_nogroup (random batches), embed_nb_nodup (no_duplicates), "
+        "embed_nb_noattndrop (attention_dropout: 0)",
+    )
     p.add_argument("--name", default=None, help="results file name (default: quality_<device>)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def valid_data(n_queries: int, n_docs: int, seed: int):
     "RetrievalData of valid questions, their answers, and candidate-pool answers up to `n_docs` documents."
     from embed_nb.evaluate import RetrievalData
+
     questions, pool = insuranceqa("valid")
     rng = random.Random(seed)
     chosen = rng.sample(questions, min(n_queries, len(questions)))
     corpus = {a: pool[a] for q in chosen for a in q["answers"]}
     negatives = sorted({a for q in chosen for a in q["negatives"]} - set(corpus))
     rng.shuffle(negatives)
-    for a in negatives[:max(0, n_docs - len(corpus))]: corpus[a] = pool[a]
+    for a in negatives[: max(0, n_docs - len(corpus))]:
+        corpus[a] = pool[a]
     queries = {f"v{i}": q["query"] for i, q in enumerate(chosen)}
     qrels = {f"v{i}": {a: 1.0 for a in q["answers"]} for i, q in enumerate(chosen)}
     return RetrievalData(queries, corpus, qrels)
@@ -58,57 +70,34 @@ def valid_data(n_queries: int, n_docs: int, seed: int):
 
 def train_worker(a) -> dict:
     start = time.perf_counter()
-    dims = [int(d) for d in a.mrl.split(",") if d.strip()]
-    total = a.steps
+    dims = mrl_dims(a.mrl)
+    path = str(Path(a.out) / "model")
     if a.worker.startswith("embed_nb"):
         from embed_nb.train import train
-        options = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False), "embed_nb_nodup": dict(no_duplicates=True),
-                   "embed_nb_noattndrop": dict(attention_dropout=0.0)}[a.worker]
-        train(dict(train_dataset=a.data, output_dir=a.out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=10,
-                   lr=a.lr, temperature=a.temperature, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
-                   query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,
-                   mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None, **options))
-        path = str(Path(a.out) / "model")
+
+        options = EMBED_NB_OPTIONS[a.worker]
+        train(embed_nb_config(a, dims, output_dir=a.out, max_steps=a.steps, epochs=1000, log_interval=10, **options))
     else:
-        import datasets
-        from sentence_transformers import SentenceTransformer
-        try:
-            from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, MatryoshkaLoss
-            from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
-            from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
-        except ImportError:
-            from sentence_transformers.losses import MultipleNegativesRankingLoss, MatryoshkaLoss
-            from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-        from embed_nb.model import default_model_path
-        rows = [json.loads(l) for l in open(a.data)]
-        data = datasets.Dataset.from_dict({"anchor": [r["query"] for r in rows], "positive": [r["pos"][0] for r in rows]})
-        model = SentenceTransformer(default_model_path(), device=a.device)
-        model.max_seq_length = a.max_seq_length
-        loss = MultipleNegativesRankingLoss(model, scale=1 / a.temperature)
-        if dims: loss = MatryoshkaLoss(model, loss, matryoshka_dims=sorted(dims, reverse=True))
-        args = SentenceTransformerTrainingArguments(
-            output_dir=tempfile.mkdtemp(prefix="bench_st_"), per_device_train_batch_size=a.batch_size, max_steps=total,
-            learning_rate=a.lr, warmup_steps=int(0.1 * total), lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0,
-            seed=a.seed, data_seed=a.seed, logging_steps=10, save_strategy="no", report_to="none", bf16=a.bf16,
-            use_cpu=a.device == "cpu", disable_tqdm=True)
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
-        path = str(Path(a.out) / "model"); model.save(path)
+        model, make_trainer = sentence_transformers_side(a, dims)
+        make_trainer(a.steps, logging_steps=10).train()
+        model.save(path)
     return {"contender": a.worker, "model": path, "train_s": time.perf_counter() - start}
 
 
 def main(argv=None):
     a = parse(argv)
     if a.worker:
-        print(json.dumps(train_worker(a))); return
+        print(json.dumps(train_worker(a)))
+        return
     ensure_requirements()
     from embed_nb.evaluate import evaluate
     from embed_nb.model import Embedding
-    dims = [int(d) for d in a.mrl.split(",") if d.strip()] or [384]
+
+    dims = mrl_dims(a.mrl) or [384]
     pairs = train_pairs(a.steps * a.batch_size, a.seed)
     tmp = Path(tempfile.mkdtemp(prefix="iqa_q_"))
     data = write_jsonl(pairs, tmp / "train_pairs.jsonl")
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
-                   if k in ("steps", "batch_size", "lr", "temperature", "mrl", "max_seq_length", "device")] + (["--bf16"] if a.bf16 else [])
+    worker_args = passthrough(a, "steps", "batch_size", "lr", "temperature", "mrl", "max_seq_length", "device", "bf16")
     valid = valid_data(a.queries, a.corpus, a.seed)
     print(f"valid: {valid}", file=sys.stderr)
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
@@ -116,9 +105,19 @@ def main(argv=None):
     for s in range(a.seed, a.seed + a.seeds):  # the same pairs and valid set; the training seed changes
         for c in contenders:
             name = c if a.seeds == 1 else f"{c} seed {s}"
-            res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", f"--out={tmp / name.replace(' ', '_')}",
-                                              f"--seed={s}", *passthrough], timeout=6 * 3600)
-            trained[name] = res; models[name] = res["model"]
+            res = run_worker(
+                Path(__file__),
+                [
+                    f"--worker={c}",
+                    f"--data={data}",
+                    f"--out={tmp / name.replace(' ', '_')}",
+                    f"--seed={s}",
+                    *worker_args,
+                ],
+                timeout=6 * 3600,
+            )
+            trained[name] = res
+            models[name] = res["model"]
             print(f"trained {name} in {res['train_s']:.0f} s", file=sys.stderr, flush=True)
     metrics = {}
     for c, path in models.items():
@@ -128,14 +127,29 @@ def main(argv=None):
         print(f"evaluated {c} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     if a.seeds > 1:  # each contender's nDCG@10 over the seeds: mean, sample standard deviation, range
         import statistics
-        spread = {c: {str(d): (lambda v: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)})(
-                      [metrics[f"{c} seed {s}"][str(d)]["ndcg@10"] for s in range(a.seed, a.seed + a.seeds)]) for d in dims}
-                  for c in contenders}
+
+        spread = {
+            c: {
+                str(d): (
+                    lambda v: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)}
+                )([metrics[f"{c} seed {s}"][str(d)]["ndcg@10"] for s in range(a.seed, a.seed + a.seeds)])
+                for d in dims
+            }
+            for c in contenders
+        }
         for c in contenders:
-            metrics[c] = {str(d): {"ndcg@10": spread[c][str(d)]["mean"],
-                                   "recall@10": statistics.mean(metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in range(a.seed, a.seed + a.seeds)),
-                                   "mrr@10": statistics.mean(metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in range(a.seed, a.seed + a.seeds))}
-                          for d in dims}
+            metrics[c] = {
+                str(d): {
+                    "ndcg@10": spread[c][str(d)]["mean"],
+                    "recall@10": statistics.mean(
+                        metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in range(a.seed, a.seed + a.seeds)
+                    ),
+                    "mrr@10": statistics.mean(
+                        metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in range(a.seed, a.seed + a.seeds)
+                    ),
+                }
+                for d in dims
+            }
         models = {"base": None, **{c: None for c in contenders}}  # the table shows the means
     else:
         spread = {}
@@ -144,22 +158,54 @@ def main(argv=None):
         for c in models:
             m = metrics[c][str(d)]
             rows.append([d, c, m["ndcg@10"], m["recall@10"], m["mrr@10"]])
-    delta = {str(d): metrics["embed_nb"][str(d)]["ndcg@10"] - metrics["sentence_transformers"][str(d)]["ndcg@10"]
-             for d in dims} if {"embed_nb", "sentence_transformers"} <= set(metrics) else {}
-    result = {"benchmark": "quality", "argv": sys.argv[1:], "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "data", "out")},
-              "environment": environment(a.device), "valid": {"queries": len(valid.queries), "corpus": len(valid.corpus)},
-              "train_pairs": len(pairs), "training": trained, "metrics": metrics, "ndcg10_embed_nb_minus_st": delta,
-              "ndcg10_over_seeds": spread,
-              "target_met": all(v >= -0.005 for v in delta.values()) if delta else None}
-    print(f"\n{result['environment']['device']}: {a.steps} steps of batch {a.batch_size} (lr {a.lr}, temperature {a.temperature}), "
-          f"InsuranceQA valid: {len(valid.queries)} questions, {len(valid.corpus)} answers\n")
+    delta = (
+        {
+            str(d): metrics["embed_nb"][str(d)]["ndcg@10"] - metrics["sentence_transformers"][str(d)]["ndcg@10"]
+            for d in dims
+        }
+        if {"embed_nb", "sentence_transformers"} <= set(metrics)
+        else {}
+    )
+    result = report(
+        "quality",
+        a,
+        a.device,
+        valid={"queries": len(valid.queries), "corpus": len(valid.corpus)},
+        train_pairs=len(pairs),
+        training=trained,
+        metrics=metrics,
+        ndcg10_embed_nb_minus_st=delta,
+        ndcg10_over_seeds=spread,
+        target_met=all(v >= -0.005 for v in delta.values()) if delta else None,
+    )
+    print(
+        f"\n{result['environment']['device']}: {a.steps} steps of batch {a.batch_size} "
+        f"(lr {a.lr}, temperature {a.temperature}), "
+        f"InsuranceQA valid: {len(valid.queries)} questions, {len(valid.corpus)} answers\n"
+    )
     print(markdown_table(["dim", "model", "nDCG@10", "Recall@10", "MRR@10"], rows))
-    if delta: print("\nnDCG@10 embed_nb - sentence-transformers: " + ", ".join(f"{d}: {v:+.4f}" for d, v in delta.items())
-                    + (f" (means over {a.seeds} seeds)" if spread else ""))
+    if delta:
+        print(
+            "\nnDCG@10 embed_nb - sentence-transformers: "
+            + ", ".join(f"{d}: {v:+.4f}" for d, v in delta.items())
+            + (f" (means over {a.seeds} seeds)" if spread else "")
+        )
     if spread:
         print(f"\nnDCG@10 over {a.seeds} training seeds (mean ± sample std, [min, max]):\n")
-        print(markdown_table(["dim"] + contenders, [[d] + [f"{spread[c][str(d)]['mean']:.4f} ± {spread[c][str(d)]['std']:.4f} "
-                                                          f"[{spread[c][str(d)]['min']:.4f}, {spread[c][str(d)]['max']:.4f}]" for c in contenders] for d in dims]))
+        print(
+            markdown_table(
+                ["dim"] + contenders,
+                [
+                    [d]
+                    + [
+                        f"{spread[c][str(d)]['mean']:.4f} ± {spread[c][str(d)]['std']:.4f} "
+                        f"[{spread[c][str(d)]['min']:.4f}, {spread[c][str(d)]['max']:.4f}]"
+                        for c in contenders
+                    ]
+                    for d in dims
+                ],
+            )
+        )
     print("wrote", save(a.name or f"quality_{a.device}", result))
 
 

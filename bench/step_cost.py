@@ -11,15 +11,20 @@ predicted epochs; `--compare` adds the measured sentence-transformers step from 
 
     .venv/bin/python bench/step_cost.py --max-examples 1024 --batch-size 32 --compare bench/results/whole_run_cpu.json
 """
+
 from __future__ import annotations
-import argparse, json, sys, tempfile, time
+import json
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, markdown_table, save, train_pairs, write_jsonl
+from common import markdown_table, parser, report, save, train_pairs, write_jsonl
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--max-examples", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=256)
@@ -35,6 +40,7 @@ def main(argv=None):
     import numpy as np
     import embed_nb.data as data
     from embed_nb.train import train
+
     pairs = train_pairs(a.max_examples)
     path = write_jsonl(pairs, Path(tempfile.mkdtemp()) / "pairs.jsonl")
     shapes, marks = [], []
@@ -46,10 +52,23 @@ def main(argv=None):
         return b
 
     data.CachedCollator.__call__ = record
-    cfg = dict(train_dataset=str(path), output_dir=tempfile.mkdtemp(), batch_size=a.batch_size, epochs=1, log_interval=1,
-               lr=2e-5, temperature=0.05, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
-               query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=0, save_on_epoch_end=False,
-               compile=a.compile)
+    cfg = dict(
+        train_dataset=str(path),
+        output_dir=tempfile.mkdtemp(),
+        batch_size=a.batch_size,
+        epochs=1,
+        log_interval=1,
+        lr=2e-5,
+        temperature=0.05,
+        warmup_proportion=0.1,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        query_max_len=a.max_seq_length,
+        passage_max_len=a.max_seq_length,
+        seed=0,
+        save_on_epoch_end=False,
+        compile=a.compile,
+    )
     start = time.perf_counter()
     train(cfg, callbacks=[lambda r: marks.append(time.perf_counter()) if "loss" in r else None])
     data.CachedCollator.__call__ = collate
@@ -65,34 +84,69 @@ def main(argv=None):
     # the epoch's batches under other batchings, from exact token counts
     from transformers import AutoTokenizer
     from embed_nb.model import default_model_path
+
     cache = data.TokenCache(AutoTokenizer.from_pretrained(default_model_path()), a.max_seq_length)
     q, d = cache.lengths([p[0] for p in pairs]), cache.lengths([p[1] for p in pairs])
 
     def epoch(batches):
-        return sum(coef @ [1, len(b) * (q[b].max() + d[b].max()), len(b) * (q[b].max() ** 2 + d[b].max() ** 2)] for b in batches)
+        return sum(
+            coef @ [1, len(b) * (q[b].max() + d[b].max()), len(b) * (q[b].max() ** 2 + d[b].max() ** 2)]
+            for b in batches
+        )
 
-    rand = float(np.mean([epoch(list(data.BatchSampler(q + d, a.batch_size, group_by_length=False, seed=s))) for s in range(a.draws)]))
+    rand = float(
+        np.mean(
+            [
+                epoch(list(data.BatchSampler(q + d, a.batch_size, group_by_length=False, seed=s)))
+                for s in range(a.draws)
+            ]
+        )
+    )
     exact = float(epoch(list(data.BatchSampler(q + d, a.batch_size))))
-    free = float(n * coef[0] + coef[1] * (q.sum() + d.sum()) + coef[2] * ((q ** 2).sum() + (d ** 2).sum()))
+    free = float(n * coef[0] + coef[1] * (q.sum() + d.sum()) + coef[2] * ((q**2).sum() + (d**2).sum()))
     measured = float(steps[1:].sum() + steps[1:].mean())  # step 1 counted as an average step (it also loads the model)
-    result = {"benchmark": "step_cost", "argv": sys.argv[1:], "settings": vars(a), "environment": environment("cpu"),
-              "fit": {"seconds_per_step": coef[0], "seconds_per_token": coef[1], "seconds_per_squared_length": coef[2],
-                      "r2": r2, "steps_fitted": n - 1},
-              "steps_s": steps.round(3).tolist(), "shapes": shapes,
-              "epoch_s": {"embed_nb_measured": measured, "predicted_random_batches": rand,
-                          "predicted_grouped_exact": exact, "predicted_padding_free": free},
-              "bound_ratio_vs_random": {"grouped_exact": rand / exact, "padding_free": rand / free, "embed_nb_measured": rand / measured}}
-    rows = [["embed_nb, measured (grouped on estimated lengths)", measured, rand / measured],
-            ["grouped on exact lengths, predicted", exact, rand / exact],
-            ["no padding at all, predicted (the bound)", free, rand / free],
-            ["random batches (sentence-transformers' sampler), predicted", rand, 1.0]]
+    result = report(
+        "step_cost",
+        a,
+        fit={
+            "seconds_per_step": coef[0],
+            "seconds_per_token": coef[1],
+            "seconds_per_squared_length": coef[2],
+            "r2": r2,
+            "steps_fitted": n - 1,
+        },
+        steps_s=steps.round(3).tolist(),
+        shapes=shapes,
+        epoch_s={
+            "embed_nb_measured": measured,
+            "predicted_random_batches": rand,
+            "predicted_grouped_exact": exact,
+            "predicted_padding_free": free,
+        },
+        bound_ratio_vs_random={
+            "grouped_exact": rand / exact,
+            "padding_free": rand / free,
+            "embed_nb_measured": rand / measured,
+        },
+    )
+    rows = [
+        ["embed_nb, measured (grouped on estimated lengths)", measured, rand / measured],
+        ["grouped on exact lengths, predicted", exact, rand / exact],
+        ["no padding at all, predicted (the bound)", free, rand / free],
+        ["random batches (sentence-transformers' sampler), predicted", rand, 1.0],
+    ]
     if a.compare:
         st = json.load(open(a.compare))["runs"]["sentence_transformers"]
         st_step = float(np.median([r["timed_s"] / (r["samples_per_s"] * r["timed_s"] / a.batch_size) for r in st]))
         result["sentence_transformers_measured_step_s"] = st_step
         result["sentence_transformers_predicted_step_s"] = rand / n
-        rows.append(["sentence-transformers, measured (" + Path(a.compare).name + ")", st_step * n, rand / (st_step * n)])
-    print(f"fit over steps 2-{n}: {coef[0]:.3f} s + {coef[1] * 1e3:.3f} ms/token + {coef[2] * 1e6:.3f} us x length^2 (r2 {r2:.3f})\n")
+        rows.append(
+            ["sentence-transformers, measured (" + Path(a.compare).name + ")", st_step * n, rand / (st_step * n)]
+        )
+    print(
+        f"fit over steps 2-{n}: {coef[0]:.3f} s + {coef[1] * 1e3:.3f} ms/token "
+        f"+ {coef[2] * 1e6:.3f} us x length^2 (r2 {r2:.3f})\n"
+    )
     print(markdown_table(["one epoch of", "s", "x faster than random batches"], rows))
     save(a.name, result)
 

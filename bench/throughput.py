@@ -19,30 +19,35 @@ the process's wall time (start to saved model, imports included), the train call
 optimizer step 1). The tokenizers' threads are left as the user's environment has them (TOKENIZERS_PARALLELISM unset)
 unless --tokenizer-threads off.
 """
+
 from __future__ import annotations
-import argparse, json, sys, tempfile, time
+import json
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, environment, markdown_table, median, peak_rss_mib, read_pairs, run_worker, save, train_pairs,
-                    write_jsonl, ensure_requirements)
+from common import EMBED_NB_OPTIONS, embed_nb_config, mrl_dims, sentence_transformers_side
+from common import alternate, ensure_requirements, markdown_table, median, parser, passthrough, peak_rss_mib
+from common import read_pairs, report, run_worker, save, train_pairs, write_jsonl
 
 CONTENDERS = ["embed_nb", "sentence_transformers", "embed_nb_nogroup", "embed_nb_maxpad"]
-EMBED_NB_OPTIONS = {"embed_nb": {}, "embed_nb_nogroup": dict(group_by_length=False),
-                    "embed_nb_maxpad": dict(group_by_length=False, pad_to_max_length=True),
-                    "embed_nb_cached": dict(cached=True), "embed_nb_nodup": dict(no_duplicates=True),
-                    "embed_nb_mult16": dict(pad_to_multiple_of=16), "embed_nb_mult64": dict(pad_to_multiple_of=64),
-                    "embed_nb_compile": dict(compile=True), "embed_nb_noattndrop": dict(attention_dropout=0.0)}
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, "worker", "data")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
     p.add_argument("--warmup", type=int, default=4, help="untimed steps first (steps must be a multiple of it)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-examples", type=int, default=None,
-                   help="train pairs to draw batches from (default: batch size x (warmup + steps): about one epoch is timed, "
-                        "so every contender meets the same mix of lengths)")
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="train pairs to draw batches from (default: batch size x (warmup + steps): about one epoch is timed, "
+        "so every contender meets the same mix of lengths)",
+    )
     p.add_argument("--max-seq-length", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=2e-5)
@@ -53,40 +58,55 @@ def parse(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
     p.add_argument("--model", default=None, help="model folder (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--pairs", default=None, help="a jsonl of {query, pos} pairs to use instead of InsuranceQA (offline machines)")
+    p.add_argument(
+        "--pairs", default=None, help="a jsonl of {query, pos} pairs to use instead of InsuranceQA (offline machines)"
+    )
     p.add_argument("--name", default=None, help="results file name (default: throughput_<device>)")
-    p.add_argument("--whole-run", action="store_true", help="time whole runs (one epoch of --max-examples, model saved)")
-    p.add_argument("--tokenizer-threads", default="off", choices=["off", "default"],
-                   help="TOKENIZERS_PARALLELISM=false in the workers (off), or as the environment has it (default)")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--whole-run", action="store_true", help="time whole runs (one epoch of --max-examples, model saved)"
+    )
+    p.add_argument(
+        "--tokenizer-threads",
+        default="off",
+        choices=["off", "default"],
+        help="TOKENIZERS_PARALLELISM=false in the workers (off), or as the environment has it (default)",
+    )
     return p.parse_args(argv)
 
 
 def _timer(times: dict, marks: set):
     import torch
+
     def mark(step):
         if step in marks:
-            if torch.cuda.is_available(): torch.cuda.synchronize()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             times[step] = time.perf_counter()
+
     return mark
 
 
 def worker_embed_nb(a, name: str) -> dict:
     import torch
     from embed_nb.train import train
+
     total, times = a.warmup + a.steps, {}
     mark = _timer(times, {1, a.warmup, total})
-    dims = [int(d) for d in a.mrl.split(",") if d.strip()]
-    out = tempfile.mkdtemp(prefix="bench_")
-    cfg = dict(model_name_or_path=a.model, train_dataset=a.data, output_dir=out, batch_size=a.batch_size, max_steps=total, epochs=1000, log_interval=max(a.warmup, 1),
-               lr=a.lr, temperature=a.temperature, warmup_proportion=0.1, weight_decay=0.01, max_grad_norm=1.0,
-               query_max_len=a.max_seq_length, passage_max_len=a.max_seq_length, seed=a.seed, save_on_epoch_end=False,
-               mixed_precision="bf16" if a.bf16 else "no", use_mrl=bool(dims), mrl_dims=dims or None,
-               mini_batch_size=a.mini_batch_size, **EMBED_NB_OPTIONS[name])
+    cfg = embed_nb_config(
+        a,
+        mrl_dims(a.mrl),
+        model_name_or_path=a.model,
+        output_dir=tempfile.mkdtemp(prefix="bench_"),
+        max_steps=total,
+        epochs=1000,
+        log_interval=max(a.warmup, 1),
+        mini_batch_size=a.mini_batch_size,
+        **EMBED_NB_OPTIONS[name],
+    )
     if a.whole_run:
         cfg.update(max_steps=None, epochs=1, log_interval=1)
-    if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     times["call"] = time.perf_counter()
     train(cfg, callbacks=[lambda r: mark(r["step"]) if "loss" in r else None])
     times["done"] = time.perf_counter()  # the model saved
@@ -94,38 +114,29 @@ def worker_embed_nb(a, name: str) -> dict:
 
 
 def worker_sentence_transformers(a) -> dict:
-    import datasets, torch
+    import torch
     from transformers import TrainerCallback
-    from sentence_transformers import SentenceTransformer
-    try:
-        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, MatryoshkaLoss
-        from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
-        from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.losses import MultipleNegativesRankingLoss, MatryoshkaLoss
-        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from embed_nb.model import default_model_path
+
     total, times = a.warmup + a.steps, {}
     mark = _timer(times, {1, a.warmup, total})
-    rows = [json.loads(l) for l in open(a.data)]
-    data = datasets.Dataset.from_dict({"anchor": [r["query"] for r in rows], "positive": [r["pos"][0] for r in rows]})
-    model = SentenceTransformer(a.model or default_model_path(), device=a.device)
-    model.max_seq_length = a.max_seq_length
-    loss = MultipleNegativesRankingLoss(model, scale=1 / a.temperature)
-    dims = [int(d) for d in a.mrl.split(",") if d.strip()]
-    if dims: loss = MatryoshkaLoss(model, loss, matryoshka_dims=sorted(dims, reverse=True))
-    times["call"] = time.perf_counter()  # the trainer is made (and its data prepared) within the timed call
-    args = SentenceTransformerTrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="bench_st_"), per_device_train_batch_size=a.batch_size,
-        max_steps=-1 if a.whole_run else total, num_train_epochs=1,
-        learning_rate=a.lr, warmup_steps=int(0.1 * total), lr_scheduler_type="cosine", weight_decay=0.01, max_grad_norm=1.0,
-        seed=a.seed, data_seed=a.seed, logging_steps=a.warmup, save_strategy="no", report_to="none", bf16=a.bf16,
-        use_cpu=a.device == "cpu", disable_tqdm=True, dataloader_num_workers=0)
+    model, make_trainer = sentence_transformers_side(a, mrl_dims(a.mrl), a.model)
 
     class Timer(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw): mark(state.global_step)
-    if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()]).train()
+        def on_step_end(self, args, state, control, **kw):
+            mark(state.global_step)
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times["call"] = time.perf_counter()  # the trainer is made (and its data prepared) within the timed call
+    trainer = make_trainer(
+        total,
+        [Timer()],
+        max_steps=-1 if a.whole_run else total,
+        num_train_epochs=1,
+        logging_steps=a.warmup,
+        dataloader_num_workers=0,
+    )
+    trainer.train()
     model.save(tempfile.mkdtemp(prefix="bench_st_model_"))
     times["done"] = time.perf_counter()
     return times
@@ -133,13 +144,21 @@ def worker_sentence_transformers(a) -> dict:
 
 def worker(a) -> dict:
     import torch
+
     start = time.perf_counter()
     times = worker_sentence_transformers(a) if a.worker == "sentence_transformers" else worker_embed_nb(a, a.worker)
     dt = times[a.warmup + a.steps] - (times[a.warmup] if a.warmup else times["call"])  # --warmup 0: from the call
-    out = {"contender": a.worker, "samples_per_s": a.steps * a.batch_size / dt, "timed_s": dt, "wall_s": time.perf_counter() - start,
-           "peak_rss_mib": peak_rss_mib(), "train_call_s": times["done"] - times["call"],
-           "first_step_s": times[1] - times["call"] if 1 in times else None}  # step 1 is logged in --whole-run
-    if torch.cuda.is_available(): out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    out = {
+        "contender": a.worker,
+        "samples_per_s": a.steps * a.batch_size / dt,
+        "timed_s": dt,
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_mib": peak_rss_mib(),
+        "train_call_s": times["done"] - times["call"],
+        "first_step_s": times[1] - times["call"] if 1 in times else None,
+    }  # step 1 is logged in --whole-run
+    if torch.cuda.is_available():
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -148,61 +167,97 @@ def padding_shares(pairs, batch_size: int, max_len: int, model: str | None = Non
     from transformers import AutoTokenizer
     from embed_nb.data import BatchSampler, TokenCache, padding_fraction
     from embed_nb.model import default_model_path
+
     cache = TokenCache(AutoTokenizer.from_pretrained(model or default_model_path()), max_len)
     q, d = cache.lengths([p[0] for p in pairs]), cache.lengths([p[1] for p in pairs])
     grouped = list(BatchSampler(q + d, batch_size))
     rand = list(BatchSampler(q + d, batch_size, group_by_length=False))
-    return {"answers_random": padding_fraction(rand, d), "answers_grouped": padding_fraction(grouped, d),
-            "answers_max_length": 1 - d.mean() / max_len, "questions_random": padding_fraction(rand, q),
-            "mean_answer_tokens": float(d.mean()), "mean_question_tokens": float(q.mean())}
+    return {
+        "answers_random": padding_fraction(rand, d),
+        "answers_grouped": padding_fraction(grouped, d),
+        "answers_max_length": 1 - d.mean() / max_len,
+        "questions_random": padding_fraction(rand, q),
+        "mean_answer_tokens": float(d.mean()),
+        "mean_question_tokens": float(q.mean()),
+    }
 
 
-BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense bf16 tensor-core peaks (SXM), NVIDIA's data sheets
+BF16_PEAK_TFLOPS = {
+    "H100": 989.4,
+    "H200": 989.4,
+    "A100": 312.0,
+}  # dense bf16 tensor-core peaks (SXM), NVIDIA's data sheets
 
 
 def model_flops_per_sample(model: str | None, q_tokens: float, d_tokens: float) -> dict:
-    "Training FLOPs of one (question, answer) pair: 6 x non-embedding parameters x tokens + attention (12 x layers x width x length^2)."
+    """Training FLOPs of one (question, answer) pair: 6 x non-embedding parameters x tokens + attention
+    (12 x layers x width x length^2)."""
     import torch
     from transformers import AutoConfig, AutoModel
     from embed_nb.distributed import _hf_folder
     from embed_nb.model import default_model_path
+
     cfg = AutoConfig.from_pretrained(_hf_folder(model or default_model_path()))
     with torch.device("meta"):
         hf = AutoModel.from_config(cfg)
     params = sum(p.numel() for n, p in hf.named_parameters() if not n.startswith("embeddings.") and "pooler" not in n)
-    attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * (q_tokens ** 2 + d_tokens ** 2)
+    attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * (q_tokens**2 + d_tokens**2)
     return {"non_embedding_parameters": params, "flops_per_sample": 6 * params * (q_tokens + d_tokens) + attention}
 
 
 def main(argv=None):
     a = parse(argv)
     if a.worker:
-        print(json.dumps(worker(a))); return
-    if a.warmup < 1 or a.steps % a.warmup: raise SystemExit("--steps must be a multiple of --warmup (at least 1)")
+        print(json.dumps(worker(a)))
+        return
+    if a.warmup < 1 or a.steps % a.warmup:
+        raise SystemExit("--steps must be a multiple of --warmup (at least 1)")
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
-    ensure_requirements((["datasets"] if "sentence_transformers" in contenders else []) + ([] if a.pairs else ["insuranceqa_data"]))
+    ensure_requirements(
+        (["datasets"] if "sentence_transformers" in contenders else []) + ([] if a.pairs else ["insuranceqa_data"])
+    )
     n = a.max_examples or a.batch_size * (a.warmup + a.steps)
     pairs = read_pairs(a.pairs, n) if a.pairs else train_pairs(n, a.seed)
     data = write_jsonl(pairs, Path(tempfile.mkdtemp(prefix="iqa_")) / "train_pairs.jsonl")
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
-                   if k in ("steps", "warmup", "batch_size", "max_seq_length", "temperature", "lr", "seed", "mrl", "mini_batch_size", "device")]
-    passthrough += [f"--model={a.model}"] if a.model else []
-    passthrough += ["--bf16"] if a.bf16 else []
-    passthrough += ["--whole-run"] if a.whole_run else []
-    runs = {c: [] for c in contenders}
-    for r in range(a.rounds):
-        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-        for c in order:
-            res = run_worker(Path(__file__), [f"--worker={c}", f"--data={data}", *passthrough],
-                             tokenizer_threads=a.tokenizer_threads == "default")
-            runs[c].append(res)
-            print(f"round {r + 1}/{a.rounds} {c:22} {res['samples_per_s']:8.2f} samples/s  peak RSS {res['peak_rss_mib']:7.0f} MiB"
-                  + (f"  peak GPU {res['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res else ""), file=sys.stderr, flush=True)
-    summary = {c: {"median_samples_per_s": median([x["samples_per_s"] for x in v]),
-                   **{f"median_{k}": median([x[k] for x in v if x.get(k) is not None]) for k in ("train_call_s", "first_step_s", "process_s")},
-                   "median_peak_rss_mib": median([x["peak_rss_mib"] for x in v]),
-                   **({"median_peak_gpu_mib": median([x["peak_gpu_mib"] for x in v])} if v and "peak_gpu_mib" in v[0] else {})}
-               for c, v in runs.items()}
+    options = [
+        "steps",
+        "warmup",
+        "batch_size",
+        "max_seq_length",
+        "temperature",
+        "lr",
+        "seed",
+        "mrl",
+        "mini_batch_size",
+    ]
+    worker_args = passthrough(a, *options, "device", "model", "bf16", "whole_run")
+    runs = alternate(
+        contenders,
+        a.rounds,
+        lambda c: run_worker(
+            Path(__file__),
+            [f"--worker={c}", f"--data={data}", *worker_args],
+            tokenizer_threads=a.tokenizer_threads == "default",
+        ),
+        lambda res: (
+            f"{res['samples_per_s']:8.2f} samples/s  peak RSS {res['peak_rss_mib']:7.0f} MiB"
+            + (f"  peak GPU {res['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in res else "")
+        ),
+    )
+    summary = {
+        c: {
+            "median_samples_per_s": median([x["samples_per_s"] for x in v]),
+            **{
+                f"median_{k}": median([x[k] for x in v if x.get(k) is not None])
+                for k in ("train_call_s", "first_step_s", "process_s")
+            },
+            "median_peak_rss_mib": median([x["peak_rss_mib"] for x in v]),
+            **(
+                {"median_peak_gpu_mib": median([x["peak_gpu_mib"] for x in v])} if v and "peak_gpu_mib" in v[0] else {}
+            ),
+        }
+        for c, v in runs.items()
+    }
     ref = summary.get("sentence_transformers", {}).get("median_samples_per_s")
     maxpad = summary.get("embed_nb_maxpad", {}).get("median_samples_per_s")
     ref_call = summary.get("sentence_transformers", {}).get("median_train_call_s")
@@ -212,37 +267,82 @@ def main(argv=None):
         s["process_speedup_vs_sentence_transformers"] = ref_proc / s["median_process_s"] if ref_proc else None
         s["ratio_vs_sentence_transformers"] = s["median_samples_per_s"] / ref if ref else None
         s["ratio_vs_maxpad"] = s["median_samples_per_s"] / maxpad if maxpad else None
-    result = {"benchmark": "throughput", "argv": sys.argv[1:], "settings": {k: v for k, v in vars(a).items() if k not in ("worker", "data")},
-              "environment": environment(a.device), "padding": padding_shares(pairs, a.batch_size, a.max_seq_length, a.model),
-              "summary": summary, "runs": runs}
+    padding = padding_shares(pairs, a.batch_size, a.max_seq_length, a.model)
+    result = report("throughput", a, a.device, padding=padding, summary=summary, runs=runs)
     pad = result["padding"]
     flops = model_flops_per_sample(a.model, pad["mean_question_tokens"], pad["mean_answer_tokens"])
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in result["environment"]["device"]), None) if a.bf16 else None
+    peak = (
+        next((v for k, v in BF16_PEAK_TFLOPS.items() if k in result["environment"]["device"]), None)
+        if a.bf16
+        else None
+    )
     result["model_flops"] = {**flops, "peak_tflops": peak, "counted": "real tokens only (padding is not useful work)"}
     for s in summary.values():
         s["model_tflops"] = s["median_samples_per_s"] * flops["flops_per_sample"] / 1e12
         s["mfu"] = s["model_tflops"] / peak if peak else None
     gpu = "median_peak_gpu_mib" in next(iter(summary.values()))
-    header = ["contender", "samples/s (median)", "per round", "× sentence-transformers", "× max-length padding", "peak RSS MiB"] + (["peak GPU MiB"] if gpu else [])
-    rows = [[c, s["median_samples_per_s"], " ".join(f"{x['samples_per_s']:.2f}" for x in runs[c]),
-             s["ratio_vs_sentence_transformers"] or "-", s["ratio_vs_maxpad"] or "-", s["median_peak_rss_mib"]]
-            + ([s["median_peak_gpu_mib"]] if gpu else []) for c, s in summary.items()]
-    print(f"\n{result['environment']['device']}, batch {a.batch_size}, {a.steps} timed steps, {a.rounds} rounds, "
-          f"max_seq_length {a.max_seq_length}{', bf16' if a.bf16 else ''}{', MRL ' + a.mrl if a.mrl else ''}\n")
+    header = [
+        "contender",
+        "samples/s (median)",
+        "per round",
+        "× sentence-transformers",
+        "× max-length padding",
+        "peak RSS MiB",
+    ] + (["peak GPU MiB"] if gpu else [])
+    rows = [
+        [
+            c,
+            s["median_samples_per_s"],
+            " ".join(f"{x['samples_per_s']:.2f}" for x in runs[c]),
+            s["ratio_vs_sentence_transformers"] or "-",
+            s["ratio_vs_maxpad"] or "-",
+            s["median_peak_rss_mib"],
+        ]
+        + ([s["median_peak_gpu_mib"]] if gpu else [])
+        for c, s in summary.items()
+    ]
+    print(
+        f"\n{result['environment']['device']}, batch {a.batch_size}, {a.steps} timed steps, {a.rounds} rounds, "
+        f"max_seq_length {a.max_seq_length}{', bf16' if a.bf16 else ''}{', MRL ' + a.mrl if a.mrl else ''}\n"
+    )
     print(markdown_table(header, rows))
     if a.whole_run:
-        wh = ["contender", "train call s (median)", "per round", "× faster than sentence-transformers", "first step s",
-              "process s (start to saved model)", "× faster (process)"]
-        wr = [[c, s["median_train_call_s"], " ".join(f"{x['train_call_s']:.1f}" for x in runs[c]),
-               s["train_call_speedup_vs_sentence_transformers"] or "-", s["median_first_step_s"], s["median_process_s"],
-               s["process_speedup_vs_sentence_transformers"] or "-"] for c, s in summary.items()]
+        wh = [
+            "contender",
+            "train call s (median)",
+            "per round",
+            "× faster than sentence-transformers",
+            "first step s",
+            "process s (start to saved model)",
+            "× faster (process)",
+        ]
+        wr = [
+            [
+                c,
+                s["median_train_call_s"],
+                " ".join(f"{x['train_call_s']:.1f}" for x in runs[c]),
+                s["train_call_speedup_vs_sentence_transformers"] or "-",
+                s["median_first_step_s"],
+                s["median_process_s"],
+                s["process_speedup_vs_sentence_transformers"] or "-",
+            ]
+            for c, s in summary.items()
+        ]
         print(f"\nwhole runs: one epoch of {n} pairs, model saved; tokenizer threads {a.tokenizer_threads}\n")
         print(markdown_table(wh, wr))
-    print("\nmodel FLOPs (6 x %.1fM non-embedding parameters x real tokens + attention): " % (flops["non_embedding_parameters"] / 1e6)
-          + ", ".join(f"{c} {s['model_tflops']:.2f} TFLOP/s" + (f" = {s['mfu']:.1%} of {peak} (bf16 peak)" if s["mfu"] else "")
-                      for c, s in summary.items()))
-    print(f"\npadding share of answer tokens: random batches {pad['answers_random']:.1%}, length-grouped {pad['answers_grouped']:.1%}, "
-          f"max length {pad['answers_max_length']:.1%} (mean answer {pad['mean_answer_tokens']:.0f} tokens, question {pad['mean_question_tokens']:.0f})")
+    print(
+        "\nmodel FLOPs (6 x %.1fM non-embedding parameters x real tokens + attention): "
+        % (flops["non_embedding_parameters"] / 1e6)
+        + ", ".join(
+            f"{c} {s['model_tflops']:.2f} TFLOP/s" + (f" = {s['mfu']:.1%} of {peak} (bf16 peak)" if s["mfu"] else "")
+            for c, s in summary.items()
+        )
+    )
+    print(
+        f"\npadding share of answer tokens: random batches {pad['answers_random']:.1%}, "
+        f"length-grouped {pad['answers_grouped']:.1%}, max length {pad['answers_max_length']:.1%} "
+        f"(mean answer {pad['mean_answer_tokens']:.0f} tokens, question {pad['mean_question_tokens']:.0f})"
+    )
     print("wrote", save(a.name or f"throughput_{a.device}", result))
 
 

@@ -3,7 +3,7 @@
 A Qwen2-0.5B-shaped decoder (random weights, float32, fewer layers), last-token pooling, an in-batch InfoNCE loss on
 8 query/passage pairs of different lengths, under `torch.autocast(bfloat16)` as accelerate runs it. Each variant pads
 the same texts on the left or on the right, with SDPA or eager attention, and reports whether the loss and the
-gradient norm are finite. Run: `python bench/padding_nan.py [--layers 4] [--out results.json]` (CUDA when present).
+gradient norm are finite. Run: `python tools/checks/padding_nan.py [--layers 4] [--out results.json]` (CUDA when present).
 
 `--train`: instead, embed_nb's own training of gpu_check's Qwen2-0.5B-shaped decoder (LoRA, gradient checkpointing,
 bf16, 12 steps, one process) twice: with batches padded on the left (`TokenCache.batch` wrapped to move the padding
@@ -16,6 +16,8 @@ import json
 import torch
 import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2Model
+
+from gpu_check import LORA, QWEN2_05B, RUN, decoder_model  # this folder is on sys.path when the script runs
 
 
 def pool_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,23 +40,21 @@ def batch(lengths: list[int], side: str, vocab: int, gen: torch.Generator) -> di
 
 def left_padded(batch_fn):
     "Wrap `TokenCache.batch` so that its right-padded rows are moved to the left."
+
     def wrapped(self, *args, **kw):
         out = batch_fn(self, *args, **kw)
         n = out["attention_mask"].sum(1)
         for k, v in out.items():
             out[k] = torch.stack([torch.roll(row, int(v.shape[1] - c)) for row, c in zip(v, n)])
         return out
+
     return wrapped
 
 
 def train_both(out: str | None):
     "embed_nb's training of the 0.5B-shaped decoder in bf16, padded on the left and on the right."
-    import sys
     import tempfile
     from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from gpu_check import EXAMPLES, decoder_model
 
     from embed_nb.core import EmbedNbError
     from embed_nb.data import TokenCache
@@ -64,10 +64,7 @@ def train_both(out: str | None):
     dec, right, rows = decoder_model(tmp / "dec", small=not torch.cuda.is_available()), TokenCache.batch, []
     for side in ("left", "right"):
         TokenCache.batch = left_padded(right) if side == "left" else right
-        cfg = dict(model_name_or_path=dec, train_dataset=str(EXAMPLES / "hard_neg.jsonl"), output_dir=str(tmp / side), neg_nums=3,
-                   batch_size=8, max_steps=12, log_interval=1, lr=1e-4, query_max_len=32, passage_max_len=64, save_on_epoch_end=False,
-                   mixed_precision="bf16", lora={"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-                   gradient_checkpointing=True, query_prompt="Instruct: find the answer\nQuery: ")
+        cfg = dict(RUN, **LORA, model_name_or_path=dec, output_dir=str(tmp / side), mixed_precision="bf16")
         try:
             train(cfg)
             row = {"padding": side, "trained": True}
@@ -92,8 +89,7 @@ def main():
     rows = []
     for attn in ("sdpa", "eager"):
         torch.manual_seed(0)
-        cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=a.layers,
-                          num_attention_heads=14, num_key_value_heads=2, attn_implementation=attn)
+        cfg = Qwen2Config(**{**QWEN2_05B, "num_hidden_layers": a.layers}, attn_implementation=attn)
         model = Qwen2Model(cfg).to(device)
         for precision in ("bf16", "no"):
             for side in ("left", "right"):
@@ -102,14 +98,28 @@ def main():
                 d = batch([30, 18, 41, 25, 12, 36, 22, 48], side, cfg.vocab_size, gen)
                 model.zero_grad()
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    emb = [F.normalize(pool_last(model(**{k: v.to(device) for k, v in b.items()}).last_hidden_state,
-                                                 b["attention_mask"].to(device)).float(), dim=-1) for b in (q, d)]
+                    emb = [
+                        F.normalize(
+                            pool_last(
+                                model(**{k: v.to(device) for k, v in b.items()}).last_hidden_state,
+                                b["attention_mask"].to(device),
+                            ).float(),
+                            dim=-1,
+                        )
+                        for b in (q, d)
+                    ]
                     loss = F.cross_entropy(emb[0] @ emb[1].T / 0.05, torch.arange(8, device=device))
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
-                row = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "attention": attn,
-                       "precision": precision, "padding": side, "loss": round(loss.item(), 4), "grad_norm": round(norm, 4),
-                       "finite": bool(torch.isfinite(loss).item() and torch.isfinite(torch.tensor(norm)).item())}
+                row = {
+                    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                    "attention": attn,
+                    "precision": precision,
+                    "padding": side,
+                    "loss": round(loss.item(), 4),
+                    "grad_norm": round(norm, 4),
+                    "finite": bool(torch.isfinite(loss).item() and torch.isfinite(torch.tensor(norm)).item()),
+                }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     if a.out:
