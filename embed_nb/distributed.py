@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import socket
 import sys
 import warnings
 from contextlib import contextmanager, redirect_stdout
@@ -22,11 +21,11 @@ import torch.distributed as dist
 from .core import ConfigError, TrainConfig
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'gather_plain', 'gather_batch', 'free_port',
+__all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'barrier', 'gather_plain', 'gather_batch',
            'reset_accelerate_state', 'WholeLines', 'launch_processes', 'forked_from_kernel', 'progress_bar',
-           'one_process_group', 'ensure_process_group', 'launch_one_process', 'check_strategy', 'accelerator_kwargs',
-           'launched_with_deepspeed', 'configure_process', 'fill_deepspeed_config', 'no_zero3_init',
-           'transformer_layer_classes', 'shard_model', 'full_state_dict', 'check_fsdp_layers']
+           'one_process_group', 'ensure_process_group', 'launch_one_process', 'check_strategy', 'fill_deepspeed_config',
+           'launched_with_deepspeed', 'process_settings', 'accelerator_kwargs', 'process_rank', 'make_accelerator',
+           'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict', 'check_fsdp_layers']
 
 # %% ../nbs/04_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
@@ -63,6 +62,12 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
+def barrier():
+    "Wait for every process (nothing to wait for in one process)."
+    if is_distributed():
+        dist.barrier()
+
+
 def gather_plain(t: torch.Tensor) -> torch.Tensor:
     "Concatenate `t` (no gradient) from every process along dim 0, padding dim 1 with -1 where lengths differ."
     if not is_distributed():
@@ -93,13 +98,6 @@ def gather_batch(emb: dict, batch: dict) -> tuple[dict, dict]:
     return out_emb, out
 
 # %% ../nbs/04_distributed.ipynb #bcf0baf4
-def free_port() -> int:
-    "A TCP port free on this machine now."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reset_accelerate_state(keep_process_group: bool = True):
     "Forget accelerate's process-wide state, so that the next `Accelerator` (or launch) in this process starts afresh."
     from accelerate.state import AcceleratorState, GradientState
@@ -154,30 +152,28 @@ def _in_process(fn, threads: int | None, *args):
 def launch_processes(fn, args=(), num_processes: int = 2, port: int | None = None):
     "Run `fn(*args)` in `num_processes` connected processes (GPUs when present, else CPU processes over gloo)."
     from accelerate import notebook_launcher
+    from accelerate.utils import patch_environment
+    from accelerate.utils.other import get_free_port
 
     reset_accelerate_state(keep_process_group=False)  # a finished single-process run in this kernel is no obstacle
     gpus = torch.cuda.is_available()
     threads = None if gpus else int(os.environ.get("OMP_NUM_THREADS") or _cpu_threads(num_processes))
+    # torch's launcher sets which signals its processes pass on, in this process too: the kernel's own comes back after
+    signals = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")
+    env = {"TORCHELASTIC_SIGNALS_TO_HANDLE": signals}
+    if not gpus:
+        env |= {"OMP_NUM_THREADS": threads, "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
     if gpus:
         print(f"Launching {num_processes} processes, one GPU each (nccl).")
     else:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         print(f"Launching {num_processes} CPU processes of {threads} thread{'s' * (threads > 1)} each (gloo).")
 
     def job(*args):  # a function (not a partial): torch's launcher reads its name
         _in_process(fn, threads, *args)
 
-    saved = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        with redirect_stdout(WholeLines(sys.stdout, drop=("Launching training on",))):
-            notebook_launcher(job, args, num_processes=num_processes, use_port=str(port or free_port()))
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+    # the processes inherit the environment set here; the kernel's is put back after
+    with patch_environment(**env), redirect_stdout(WholeLines(sys.stdout, drop=("Launching training on",))):
+        notebook_launcher(job, args, num_processes=num_processes, use_port=str(port or get_free_port()))
 
 # %% ../nbs/04_distributed.ipynb #924320a1
 def forked_from_kernel() -> bool:
@@ -205,25 +201,15 @@ def progress_bar(**kwargs):
 @contextmanager
 def one_process_group():
     "A torch.distributed environment of one process (rank 0 of 1) within the block; the group is destroyed after."
-    env = {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    from accelerate.utils import patch_environment
+    from accelerate.utils.other import get_free_port
+
+    with patch_environment(MASTER_ADDR="127.0.0.1", MASTER_PORT=get_free_port(), RANK=0, LOCAL_RANK=0, WORLD_SIZE=1):
+        try:
+            yield
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def ensure_process_group():
@@ -269,51 +255,6 @@ def check_strategy(cfg: TrainConfig, strategy: str | None, zero_stage: int = 2, 
             "strategy='fsdp' (which shards parameters too), or run on GPUs"
         )
 
-# %% ../nbs/04_distributed.ipynb #03fdbff1
-def accelerator_kwargs(
-    strategy: str | None,  # None, "ddp", "fsdp" or "deepspeed"
-    zero_stage: int = 2,
-    batch_size: int = 1,
-    gradient_accumulation_steps: int = 1,
-    max_grad_norm: float | None = 1.0,
-    world_size: int = 1,
-) -> dict:
-    "Extra `Accelerator` arguments for `strategy` on this machine."
-    on_gpu = torch.cuda.is_available()
-    if strategy in (None, "ddp", "fsdp"):  # FSDP shards by hand (`shard_model`), not through accelerate's plugin
-        return {} if on_gpu or strategy is None else {"cpu": True}
-    from accelerate.utils import DeepSpeedPlugin
-
-    config = {
-        "train_micro_batch_size_per_gpu": batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "train_batch_size": batch_size * gradient_accumulation_steps * world_size,
-        "zero_allow_untested_optimizer": True,
-        "gradient_clipping": max_grad_norm or 0.0,
-        "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-    }
-    if zero_stage == 3:
-        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
-    return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config)}
-
-# %% ../nbs/04_distributed.ipynb #16e9dca8
-def launched_with_deepspeed() -> bool:
-    "Whether `accelerate launch` was given a DeepSpeed config (it tells the processes through the environment)."
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-
-
-def configure_process(strategy: str | None, world_size: int = 1) -> dict:
-    "Make the process-wide settings `strategy` needs on this machine; return them (train records them in run.json)."
-    if not (strategy == "deepspeed" or launched_with_deepspeed()) or torch.cuda.is_available():
-        return {}
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    # as accelerate does for its CPU processes: without it a forked process can hang in its first OpenMP region
-    threads = max(1, (os.cpu_count() or 2) // 2 // world_size)
-    torch.set_num_threads(threads)
-    return {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"], "torch_threads": threads}
-
 # %% ../nbs/04_distributed.ipynb #7f627247
 def fill_deepspeed_config(config: dict, cfg: TrainConfig, world_size: int = 1) -> dict:
     'Fill the `"auto"` (or missing) values of a DeepSpeed `config` from `cfg`, in place; return what was filled.'
@@ -331,6 +272,105 @@ def fill_deepspeed_config(config: dict, cfg: TrainConfig, world_size: int = 1) -
         # embed_nb saves whole models: the ZeRO-3 partitions must be gathered (accelerate writes False by default)
         zero["stage3_gather_16bit_weights_on_model_save"] = filled["stage3_gather_16bit_weights_on_model_save"] = True
     return filled
+
+# %% ../nbs/04_distributed.ipynb #8ae7636a
+def launched_with_deepspeed() -> bool:
+    "Whether `accelerate launch` was given a DeepSpeed config (it tells the processes through the environment)."
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+@contextmanager
+def process_settings(strategy: str | None, world_size: int | None = None):
+    "Within the block, the process-wide settings `strategy` needs here (yielded, for `run.json`); put back after."
+    from accelerate.utils import patch_environment
+
+    if not (strategy == "deepspeed" or launched_with_deepspeed()) or torch.cuda.is_available():
+        yield {}
+        return
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
+    # as accelerate does for its CPU processes: without it a forked process can hang in its first OpenMP region
+    threads, before = max(1, (os.cpu_count() or 2) // 2 // world_size), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with patch_environment(DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu")):  # DeepSpeed's device: the CPU
+            yield {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"], "torch_threads": threads}
+    finally:
+        torch.set_num_threads(before)
+
+# %% ../nbs/04_distributed.ipynb #5104f96c
+def accelerator_kwargs(
+    cfg: TrainConfig,  # the run's config: batch size, accumulation, clipping
+    strategy: str | None,  # None, "ddp", "fsdp" or "deepspeed"
+    zero_stage: int = 2,  # DeepSpeed ZeRO stage
+    world_size: int = 1,  # processes
+) -> dict:
+    "Extra `Accelerator` arguments for `strategy` on this machine."
+    if strategy in (None, "ddp", "fsdp"):  # FSDP shards by hand (`shard_model`), not through accelerate's plugin
+        return {} if torch.cuda.is_available() or strategy is None else {"cpu": True}
+    from accelerate.utils import DeepSpeedPlugin
+
+    config = {"zero_optimization": {"stage": zero_stage}, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
+    fill_deepspeed_config(config, cfg, world_size)
+    return {"deepspeed_plugin": DeepSpeedPlugin(hf_ds_config=config)}
+
+# %% ../nbs/04_distributed.ipynb #eb8b5fb7
+def _tracker(cfg: TrainConfig):
+    "The accelerate tracker to log to, if available."
+    if cfg.log_with in (None, "none"):
+        return None
+    if cfg.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
+        warnings.warn("log_with: wandb, but wandb is not installed: logging to log.jsonl only")
+        return None
+    return cfg.log_with
+
+
+def process_rank(accelerator) -> tuple[int, int]:
+    "(rank, world size): torch.distributed's where it runs, else accelerate's."
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return accelerator.process_index, accelerator.num_processes
+
+
+def make_accelerator(cfg: TrainConfig, strategy: str | None = None, zero_stage: int = 2):
+    "A fresh `Accelerator` for `cfg` and `strategy` (None: as `accelerate launch` or torchrun set the processes up)."
+    from accelerate import Accelerator
+
+    launched = int(os.environ.get("WORLD_SIZE", 1))
+    reset_accelerate_state()  # a new run may change precision or accumulation
+    extra = accelerator_kwargs(cfg, strategy, zero_stage, launched)
+    fsdp_yaml = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if (
+        strategy is None
+        and launched > 1
+        and not torch.cuda.is_available()
+        and not (launched_with_deepspeed() or fsdp_yaml)
+    ):
+        extra["cpu"] = True  # torchrun on CPUs: else accelerate leaves the processes unconnected, each its own model
+    try:
+        acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            log_with=_tracker(cfg),
+            project_dir=cfg.output_dir,
+            **extra,
+        )
+    except RuntimeError as e:  # accelerate's FSDP plugin (an `accelerate launch` yaml) needs a GPU
+        if not fsdp_yaml or "no available devices" not in str(e):
+            raise
+        raise ConfigError(
+            "the accelerate config asks for FSDP, which accelerate runs only on GPUs; on CPU processes use "
+            "`embed-nb train --num-processes N --strategy fsdp` (torch's FSDP2 over gloo)"
+        ) from None
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None and "deepspeed_plugin" not in extra:  # from `accelerate launch`: fill its "auto" values
+        fill_deepspeed_config(plugin.deepspeed_config, cfg, launched)
+    if strategy == "fsdp":
+        ensure_process_group()  # FSDP by hand shards over a group, of one process too
+    if process_rank(acc)[1] > 1 and acc.distributed_type.value == "NO":
+        raise ConfigError(
+            f"{process_rank(acc)[1]} processes, but accelerate did not connect them: use accelerate launch"
+        )
+    return acc
 
 # %% ../nbs/04_distributed.ipynb #7972d5ca
 @contextmanager
