@@ -9,6 +9,8 @@ import dataclasses
 import difflib
 import os
 import shutil
+import signal
+import threading
 import types
 import typing
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ import yaml
 
 # %% auto #0
 __all__ = ['INCOMPLETE', 'positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError',
-           'DataError', 'RunStopped', 'atomic_write', 'begin_folder', 'publish_folder', 'atomic_folder',
+           'DataError', 'RunStopped', 'stop_signals', 'atomic_write', 'begin_folder', 'publish_folder', 'atomic_folder',
            'remove_folder', 'recover_folder', 'check_complete', 'at_least', 'one_of', 'option', 'TrainConfig',
            'config_keys', 'describe_config', 'coerce', 'load_config', 'parse_overrides']
 
@@ -49,6 +51,26 @@ class RunStopped(EmbedNbError):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+# %% ../nbs/00_core.ipynb #7729bc90
+@contextmanager
+def stop_signals(run):
+    "Within the block, SIGINT and SIGTERM set `run.signal` (the run stops after its step); a second SIGINT interrupts."
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if run.signal == signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        run.signal = signum
+
+    before = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 # %% ../nbs/00_core.ipynb #3c5a8e11
 INCOMPLETE = "INCOMPLETE"

@@ -9,31 +9,23 @@ import dataclasses
 import json
 import math
 import os
+import functools
 import signal
 import sys
-import threading
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from fastcore.basics import patch
 
 from .card import last_eval, model_card
-from .core import ConfigError, RunStopped, TrainConfig, begin_folder, load_config, publish_folder
+from .core import ConfigError, RunStopped, TrainConfig, begin_folder, load_config, publish_folder, stop_signals
 from .data import EmbeddingDataset, make_loader
-from embed_nb.distributed import (
-    barrier,
-    check_fsdp_layers,
-    check_strategy,
-    full_state_dict,
-    gather_batch,
-    gather_plain,
-)
-from .distributed import launch_one_process, launch_processes, make_accelerator, no_zero3_init, process_rank
-from .distributed import process_settings, progress_bar, reset_accelerate_state, shard_model
+from .distributed import barrier, check_fsdp_layers, check_strategy, full_state_dict, gather_batch
+from .distributed import gather_plain, launch_one_process, launch_processes, make_accelerator, no_zero3_init
+from .distributed import process_rank, process_settings, progress_bar, reset_accelerate_state, shard_model
 from .distributed import transformer_layer_classes
 from .evaluate import evaluate as evaluate_retrieval
 from .evaluate import load_retrieval_data
@@ -309,26 +301,6 @@ def stop(self: Run):
     )
 
 
-@contextmanager
-def _stop_signals(run: Run):
-    "Within the block, SIGINT and SIGTERM ask `run` to stop after its step; a second SIGINT interrupts at once."
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def ask(signum, frame):
-        if run.signal == signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        run.signal = signum
-
-    before = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
 @patch
 def close(self: Run, end_training: bool = False):
     "Let go of the model, the accelerator (ending its trackers), the loader's tokenising and the output folder."
@@ -396,27 +368,18 @@ def evaluate(self: Run, epoch: float):
     whole = self.whole_model()
     if self.main:
         start, cfg = time.time(), self.cfg
+        dims, ks = cfg.eval_dims or self.mrl_dims, cfg.eval_k or [10]
         try:
-            results = evaluate_retrieval(
-                whole,
-                self.eval_data,
-                dims=cfg.eval_dims or self.mrl_dims,
-                ks=cfg.eval_k or [10],
-                batch_size=max(cfg.batch_size, 32),
-            )
+            results = evaluate_retrieval(whole, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32))
         finally:
             whole.train()
-        record = {
-            "step": step,
-            "epoch": round(epoch, 4),
-            "eval": {str(d): m for d, m in results.items()},
-            "eval_s": round(time.time() - start, 2),
-        }
         top = max(results)
         self.bar.write(
             f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[top].items()) + f" at {top} dims"
         )
-        self.log.write(record, {f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()})
+        record = {"step": step, "epoch": round(epoch, 4), "eval": {str(d): m for d, m in results.items()}}
+        scalars = {f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()}
+        self.log.write({**record, "eval_s": round(time.time() - start, 2)}, scalars)
     barrier()
 
 # %% ../nbs/09_train.ipynb #d8ca1ead
@@ -520,7 +483,7 @@ def train(
     with process_settings(strategy) as settings:
         run = Run(cfg, strategy, zero_stage, callbacks, data, settings)
         try:
-            with _stop_signals(run):
+            with stop_signals(run):
                 return _loop(run)
         except BaseException as e:
             run.abort(e)
@@ -566,10 +529,6 @@ def _loop(run: Run) -> Path:
     return run.finish()
 
 # %% ../nbs/09_train.ipynb #24a37149
-def _launched_train(cfg: dict, strategy: str, zero_stage: int, data: tuple):
-    train(cfg, strategy=strategy, zero_stage=zero_stage, data=data)
-
-
 def launch(
     config=None,  # a TrainConfig, a dict or a yaml path
     num_processes: int = 2,  # processes (one per GPU where there are GPUs)
@@ -589,11 +548,11 @@ def launch(
     claim_output(cfg, take=False)  # output folder errors are reported here too, before any process starts
     if num_processes == 1 and strategy not in ("fsdp", "deepspeed"):
         return train(cfg, data=data)
-    args = (dataclasses.asdict(cfg), strategy, zero_stage, data)
+    each = functools.partial(train, strategy=strategy, zero_stage=zero_stage, data=data)  # what each process runs
     if num_processes == 1:  # sharding on one device: a group of one process
-        launch_one_process(_launched_train, args)
+        launch_one_process(each, (dataclasses.asdict(cfg),))
     else:
-        launch_processes(_launched_train, args, num_processes)
+        launch_processes(each, (dataclasses.asdict(cfg),), num_processes)
     return Path(cfg.output_dir) / "model"
 
 # %% ../nbs/09_train.ipynb #e16ffc17
