@@ -225,15 +225,12 @@ def make_tiny_cross_encoder(path, texts: list[str] = (), hidden: int = 32, seed:
     "Save a small random BERT cross-encoder (one output, sentence-transformers `CrossEncoder` layout); return it."
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    from embed_nb.model import _tiny_vocab
+    from embed_nb.model import _seeded, _tiny_vocab, quiet_hub_bars
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(_tiny_vocab(texts)) + "\n")
     tok = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True)
-    import torch
-
-    torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=tok.vocab_size,
         hidden_size=hidden,
@@ -243,10 +240,10 @@ def make_tiny_cross_encoder(path, texts: list[str] = (), hidden: int = 32, seed:
         max_position_embeddings=256,
         num_labels=1,
     )
-    from embed_nb.model import quiet_hub_bars
-
+    with _seeded(seed):  # the weights of `seed`; torch's global random state left as it was
+        model = BertForSequenceClassification(cfg)
     with quiet_hub_bars():
-        BertForSequenceClassification(cfg).save_pretrained(path / "ce")
+        model.save_pretrained(path / "ce")
     tok.save_pretrained(path / "ce")
     return str(path / "ce")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -27,16 +26,6 @@ except ImportError:
 
 # %% auto #0
 __all__ = ['META_FILE', 'quiet_hub_bars', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite', 'Embedding']
-
-# %% ../nbs/03_model.ipynb #1c53e981
-def _no_accelerator() -> bool:
-    "Whether torch sees no GPU of any kind (CUDA, XPU, Apple's MPS)."
-    xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
-    return not (torch.cuda.is_available() or xpu or torch.backends.mps.is_available())
-
-
-if _no_accelerator():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 # %% ../nbs/03_model.ipynb #c52d0cbc
 @contextmanager
@@ -67,6 +56,14 @@ def _tiny_vocab(texts) -> list[str]:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     return specials + chars + ["##" + c for c in chars] + [w for w in words if w not in chars]
 
+# %% ../nbs/03_model.ipynb #07f35712
+@contextmanager
+def _seeded(seed: int):
+    "Within: torch's CPU generator seeded with `seed`. After: as it was (the other generators are not touched)."
+    with torch.random.fork_rng(devices=[]):  # saves the CPU generator's state, restores it on leaving
+        torch.default_generator.manual_seed(seed)
+        yield
+
 # %% ../nbs/03_model.ipynb #e23a3c11
 def _save_tiny_bert(path: Path, vocab: list[str], hidden: int, layers: int, seed: int, dropout: float) -> Path:
     "Save a seeded random BERT and its WordPiece tokenizer in `path / 'hf'`; return that folder."
@@ -74,7 +71,6 @@ def _save_tiny_bert(path: Path, vocab: list[str], hidden: int, layers: int, seed
 
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True)  # positional: transformers 4 and 5 differ
-    torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -85,8 +81,10 @@ def _save_tiny_bert(path: Path, vocab: list[str], hidden: int, layers: int, seed
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
+    with _seeded(seed):
+        bert = BertModel(cfg)
     with quiet_hub_bars():
-        BertModel(cfg).save_pretrained(path / "hf")
+        bert.save_pretrained(path / "hf")
     tok.save_pretrained(path / "hf")
     return path / "hf"
 
@@ -139,7 +137,6 @@ def make_tiny_decoder(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = _decoder_tokenizer(sorted({w for t in texts for w in re.findall(r"\w+", t)}), padding_side)
-    torch.manual_seed(seed)
     cfg = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=hidden,
@@ -149,8 +146,10 @@ def make_tiny_decoder(
         num_key_value_heads=1,
         max_position_embeddings=256,
     )
+    with _seeded(seed):
+        decoder = Qwen2Model(cfg)
     with quiet_hub_bars():
-        Qwen2Model(cfg).save_pretrained(path / "hf")
+        decoder.save_pretrained(path / "hf")
         tok.save_pretrained(path / "hf")
         word = models.Transformer(str(path / "hf"), max_seq_length=128)
         st = SentenceTransformer(modules=[word, models.Pooling(hidden, "lasttoken"), models.Normalize()], device="cpu")
