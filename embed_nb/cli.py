@@ -267,7 +267,7 @@ def run_teacher(a):
     if a.prompt is not None and len(a.prompt) != len(a.model):
         raise EmbedNbError(f"{len(a.prompt)} --prompt for {len(a.model)} --model: give one per teacher, in order")
     meta = teacher_embeddings(a.model, a.data, _out_file(a.out), a.prompt, a.batch_size, a.chunk)
-    print(f"{a.out}: {meta['rows']} rows x {meta['dim']} float32 (teatch_emebedding_dim: {meta['dim']})")
+    print(f"{a.out}: {meta['rows']} rows x {meta['dim']} float32 (teacher_embedding_dim: {meta['dim']})")
 
 
 def run_eval(a) -> dict:

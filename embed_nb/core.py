@@ -177,8 +177,8 @@ def option(
     help: str,  # one line for the listing of keys
     rule: tuple | None = None,  # `(test, problem)` every value must pass
     section: str = "",  # the group the key is listed in
-    new: bool = False,
-):  # a key embed_nb adds to the original trainer's
+    new: bool = False,  # a key embed_nb adds to the original trainer's
+):
     "A `TrainConfig` field with its help line and check."
     return field(default=default, metadata={"help": help, "rule": rule, "section": section, "new": new})
 

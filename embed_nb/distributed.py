@@ -19,13 +19,14 @@ import torch
 import torch.distributed as dist
 
 from .core import ConfigError, TrainConfig
+from .model import transformer_layer_classes
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'barrier', 'gather_plain', 'gather_batch',
            'reset_accelerate_state', 'WholeLines', 'launch_processes', 'forked_from_kernel', 'progress_bar',
            'one_process_group', 'ensure_process_group', 'launch_one_process', 'check_strategy', 'fill_deepspeed_config',
            'launched_with_deepspeed', 'process_settings', 'accelerator_kwargs', 'process_rank', 'make_accelerator',
-           'no_zero3_init', 'transformer_layer_classes', 'shard_model', 'full_state_dict', 'check_fsdp_layers']
+           'no_zero3_init', 'shard_model', 'full_state_dict', 'check_fsdp_layers']
 
 # %% ../nbs/04_distributed.ipynb #55d08d83
 def is_distributed() -> bool:
@@ -281,19 +282,22 @@ def launched_with_deepspeed() -> bool:
 
 @contextmanager
 def process_settings(strategy: str | None, world_size: int | None = None):
-    "Within the block, the process-wide settings `strategy` needs here (yielded, for `run.json`); put back after."
+    "Within the block, the process-wide settings a run of `strategy` needs here (yielded, for `run.json`); put back after."
     from accelerate.utils import patch_environment
 
-    if not (strategy == "deepspeed" or launched_with_deepspeed()) or torch.cuda.is_available():
+    if torch.cuda.is_available():
         yield {}
         return
-    world_size = world_size or int(os.environ.get("WORLD_SIZE", 1))
-    # as accelerate does for its CPU processes: without it a forked process can hang in its first OpenMP region
-    threads, before = max(1, (os.cpu_count() or 2) // 2 // world_size), torch.get_num_threads()
-    torch.set_num_threads(threads)
+    # DeepSpeed, which accelerate imports wherever it is installed, takes the CPU (else it warns that it found no GPU)
+    env = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
+    threads, before = None, torch.get_num_threads()
+    if strategy == "deepspeed" or launched_with_deepspeed():
+        # as accelerate does for its CPU processes: without it a forked process can hang in its first OpenMP region
+        threads = max(1, (os.cpu_count() or 2) // 2 // (world_size or int(os.environ.get("WORLD_SIZE", 1))))
+        torch.set_num_threads(threads)
     try:
-        with patch_environment(DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu")):  # DeepSpeed's device: the CPU
-            yield {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"], "torch_threads": threads}
+        with patch_environment(**env):
+            yield env | ({"torch_threads": threads} if threads else {})
     finally:
         torch.set_num_threads(before)
 
@@ -389,14 +393,6 @@ def no_zero3_init(accelerator):
         plugin.set_deepspeed_weakref()  # as accelerate left it
 
 # %% ../nbs/04_distributed.ipynb #d0b801b4
-def transformer_layer_classes(model: torch.nn.Module) -> set[str]:
-    "Class names of the transformer layers to wrap: the HF models' `_no_split_modules`, without embeddings."
-    names = set()
-    for m in model.modules():
-        names |= set(getattr(m, "_no_split_modules", None) or [])
-    return {n for n in names if "Embedding" not in n}
-
-
 def shard_model(model: torch.nn.Module, mixed_precision: str = "no") -> torch.nn.Module:
     "Shard `model` in place with FSDP2: each transformer layer, then the root."
     from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy

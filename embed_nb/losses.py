@@ -26,8 +26,7 @@ def info_nce(
     docs: torch.Tensor,  # [N, dim] every document of the batch
     doc_index: torch.Tensor,  # [B, K] positions in `docs` of each query's documents, positive first
     temperature: float = 0.02,  # logits are cosine / temperature
-    other_positives: bool
-    | None = None,  # count other queries' positives as negatives; None: only when there are no hard negatives
+    other_positives: bool | None = None,  # other queries' positives are negatives; None: when no hard negatives
 ) -> torch.Tensor:
     "InfoNCE of each query's positive against every document of the batch."
     logits = similarity(query, docs) / temperature

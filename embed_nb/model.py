@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -25,18 +26,23 @@ except ImportError:
     from sentence_transformers import models
 
 # %% auto #0
-__all__ = ['META_FILE', 'quiet_hub_bars', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite', 'Embedding']
+__all__ = ['META_FILE', 'quiet_hub_bars', 'default_model_path', 'make_tiny_model', 'make_tiny_decoder', 'nonfinite',
+           'transformer_layer_classes', 'Embedding']
 
 # %% ../nbs/03_model.ipynb #c52d0cbc
 @contextmanager
 def quiet_hub_bars():
-    "Within: no transformers progress bars (its per-load 'Loading weights' and per-save 'Writing model shards')."
+    "Within: no transformers progress bars (per load and per save), no DeepSpeed warning that it takes the CPU."
+    from accelerate.utils import patch_environment
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # a save imports DeepSpeed where it is installed, which warns when it finds no GPU unless told to take the CPU
+    cpu = {} if torch.cuda.is_available() else {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     try:
-        yield
+        with patch_environment(**cpu):
+            yield
     finally:
         if was:
             hf_logging.enable_progress_bar()
@@ -305,6 +311,14 @@ def _merged(transformer: nn.Module, merge: bool = True):
         _set_inner(transformer, adapted)
 
 # %% ../nbs/03_model.ipynb #08f300c8
+def transformer_layer_classes(model: nn.Module) -> set[str]:
+    "Class names of the transformer layers: the Hugging Face models' `_no_split_modules`, without embeddings."
+    names = set()
+    for m in model.modules():
+        names |= set(getattr(m, "_no_split_modules", None) or [])
+    return {n for n in names if "Embedding" not in n}
+
+
 class Embedding(nn.Module):
     "A sentence-transformers model prepared for contrastive training."
 
@@ -397,6 +411,18 @@ class Embedding(nn.Module):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         return self
+
+    def compile_layers(self) -> int:
+        "Compile each transformer layer in place with `torch.compile`, for dynamic shapes; how many were compiled."
+        # inductor imports this on CPU; its deprecation notice is torch's, not the reader's
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
+            import torch.utils.mkldnn  # noqa: F401
+        classes = transformer_layer_classes(self)
+        layers = [m for m in self.modules() if type(m).__name__ in classes]
+        for m in layers:
+            m.compile(dynamic=True)
+        return len(layers)
 
     def set_attention_dropout(self, p: float) -> Embedding:
         "Train with dropout `p` on the attention probabilities (the model's config, and so its saved copy, keep theirs)."

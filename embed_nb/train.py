@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ from .data import EmbeddingDataset, make_loader
 from .distributed import barrier, check_fsdp_layers, check_strategy, full_state_dict, gather_batch
 from .distributed import gather_plain, launch_one_process, launch_processes, make_accelerator, no_zero3_init
 from .distributed import process_rank, process_settings, progress_bar, reset_accelerate_state, shard_model
-from .distributed import transformer_layer_classes
 from .evaluate import evaluate as evaluate_retrieval
 from .evaluate import load_retrieval_data
 from .gradcache import grad_cache
@@ -47,19 +45,6 @@ def _optimizer(model, cfg: TrainConfig, fused: bool = False):
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
-
-# %% ../nbs/09_train.ipynb #6201fcfa
-def _compile_layers(model: torch.nn.Module) -> int:
-    "Compile each transformer layer of `model` in place for dynamic shapes; how many were compiled."
-    # inductor imports this on CPU; its deprecation notice is torch's, not the reader's
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`torch.jit.script_method` is deprecated", DeprecationWarning)
-        import torch.utils.mkldnn  # noqa: F401
-    classes = transformer_layer_classes(model)
-    layers = [m for m in model.modules() if type(m).__name__ in classes]
-    for m in layers:
-        m.compile(dynamic=True)
-    return len(layers)
 
 # %% ../nbs/09_train.ipynb #95cd92e9
 def read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
@@ -179,7 +164,7 @@ def prepare(self: Run, model: Embedding, loader) -> tuple:
     if cfg.compile:
         if self.fsdp or self.kind in ("DEEPSPEED", "FSDP"):
             raise ConfigError(f"compile: true works with one process or DDP, not with {self.strategy or self.kind}")
-        _compile_layers(model)
+        model.compile_layers()
     fused = self.acc.device.type == "cuda" and self.kind in ("NO", "MULTI_GPU") and not self.fsdp  # not sharded
     optimizer = _optimizer(model, cfg, fused=fused)
     # the sampler already gives this process its rows: accelerate only moves batches to the device
