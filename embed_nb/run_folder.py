@@ -31,7 +31,7 @@ from embed_nb.core import (
 # %% auto #0
 __all__ = ['LOCK', 'STATE', 'RESUME_FREE', 'checkpoints', 'rotate_checkpoints', 'run_state', 'check_lock', 'Claim',
            'claim_output', 'finished_already', 'versions', 'RunLog', 'Progress', 'rng_state', 'set_rng_state',
-           'check_resume', 'resumed_description']
+           'save_trainer_state', 'load_trainer_state', 'check_resume', 'resumed_description']
 
 # %% ../nbs/07_run_folder.ipynb #4985a270
 LOCK, STATE = ".lock", "trainer_state"
@@ -311,6 +311,21 @@ def set_rng_state(state: dict):
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+# %% ../nbs/07_run_folder.ipynb #4eca2a67
+def save_trainer_state(accelerator, folder: Path, rank: int, sums: dict):
+    "Write `folder/trainer_state`: accelerate's state (model, optimizer, schedule), this process's loss sums and RNG."
+    accelerator.save_state(str(folder / STATE))
+    torch.save({"rng": rng_state(), "sums": sums}, folder / STATE / f"rank_{rank}.pt")
+
+
+def load_trainer_state(accelerator, ckpt: Path, rank: int, cfg: TrainConfig, world_size: int) -> tuple:
+    "Load checkpoint `ckpt` into `accelerator` if `cfg` trains as its run did: its `Progress`, this process's RNG, sums."
+    progress = Progress.load(ckpt / STATE)
+    check_resume(progress, cfg, world_size, ckpt)
+    accelerator.load_state(str(ckpt / STATE))
+    mine = torch.load(ckpt / STATE / f"rank_{rank}.pt", map_location="cpu", weights_only=False)
+    return progress, mine["rng"], mine["sums"]
 
 # %% ../nbs/07_run_folder.ipynb #181290ff
 RESUME_FREE = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "log_with", "num_max_checkpoints"}

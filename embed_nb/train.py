@@ -30,8 +30,16 @@ from .evaluate import load_retrieval_data
 from .gradcache import grad_cache
 from .losses import make_loss
 from .model import Embedding
-from .run_folder import STATE, Progress, RunLog, check_resume, checkpoints, claim_output, finished_already
-from .run_folder import resumed_description, rng_state, rotate_checkpoints, set_rng_state, versions
+from embed_nb.run_folder import (
+    STATE,
+    Progress,
+    RunLog,
+    checkpoints,
+    claim_output,
+    finished_already,
+    load_trainer_state,
+)
+from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
 __all__ = ['read_data', 'Run', 'train', 'launch']
@@ -244,13 +252,8 @@ def check_finite(self: Run):
     "Stop the run (RunStopped) if a loss or gradient norm since the last check was nan or inf."
     if self.first_bad is None:
         return
-    first, self.first_bad = self.first_bad.reshape(1).clone(), None
-    if self.world > 1:  # the earliest bad step of any process (0: none)
-        never = torch.full_like(first, 2**62)
-        first = torch.where(first > 0, first, never)
-        torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
-        first = torch.where(first == never, torch.zeros_like(first), first)
-    step, code = divmod(int(first.item()), 4)
+    every, self.first_bad = gather_plain(self.first_bad.reshape(1)), None  # each process's first bad step (0: none)
+    step, code = divmod(int(every[every > 0].min()) if (every > 0).any() else 0, 4)  # the earliest of any process
     if step:
         last = checkpoints(self.out, self.progress.run_id)
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was saved before it"
@@ -268,9 +271,8 @@ def stop_requested(self: Run) -> bool:
         return self.signal is not None
     if self.progress.step % self.cfg.log_interval:
         return False
-    flag = torch.tensor([float(self.signal or 0)], device=self.acc.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    self.signal = self.signal or (int(flag.item()) or None)
+    every = gather_plain(torch.tensor([self.signal or 0], device=self.acc.device))  # each process's signal (0: none)
+    self.signal = self.signal or (int(every.max()) or None)
     return self.signal is not None
 
 
@@ -391,8 +393,7 @@ def save_checkpoint(self: Run, name: str):
     barrier()
     resumable = not self.fsdp
     if resumable:
-        self.acc.save_state(str(tmp / STATE))
-        torch.save({"rng": rng_state(), "sums": self.sums}, tmp / STATE / f"rank_{self.rank}.pt")
+        save_trainer_state(self.acc, tmp, self.rank, self.sums)
     trained = self.whole_model()
     if self.main:
         elapsed = round(time.time() - self.started, 2)
@@ -408,13 +409,10 @@ def save_checkpoint(self: Run, name: str):
 @patch
 def resume(self: Run, ckpt: Path) -> int:
     "Load what checkpoint `ckpt` saved (its random states wait for `restore_rng`); how many log records to keep."
-    progress = Progress.load(ckpt / STATE)
-    check_resume(progress, self.cfg, self.world, ckpt)
-    self.acc.load_state(str(ckpt / STATE))
-    mine = torch.load(ckpt / STATE / f"rank_{self.rank}.pt", map_location="cpu", weights_only=False)
-    self.progress, self.rng, self.started = progress, mine["rng"], time.time() - progress.elapsed_s
-    self.sums = {k: v.to(self.acc.device) for k, v in mine["sums"].items()}
-    return progress.log_lines
+    self.progress, self.rng, sums = load_trainer_state(self.acc, ckpt, self.rank, self.cfg, self.world)
+    self.started = time.time() - self.progress.elapsed_s
+    self.sums = {k: v.to(self.acc.device) for k, v in sums.items()}
+    return self.progress.log_lines
 
 
 @patch
