@@ -1,78 +1,129 @@
 """Notebooks in a real JupyterLab, in headless Chromium (Debian's), driven by Playwright, run with JupyterLab's own
-Run All Cells: what a reader sees. The widgets tutorial and `08_widgets`: every cell runs, no cell shows an error or
+Run All Cells: what a reader sees. The widgets tutorial and `11_widgets`: every cell runs, no cell shows an error or
 anything on stderr (JupyterLab's red output), each widget cell shows exactly one widget and no other figure, each
 notebook finishes within the time its text states; in the tutorial the loss plot redraws while training runs, a
 control changes a figure, and each widget is photographed.
 
 Screenshots go to `test-output/browser/` (or $EMBED_NB_TEST_OUTPUT/browser)."""
-import json, os, shutil, socket, subprocess, sys, time, urllib.request
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 import pytest
-from conftest import ROOT
+from conftest import ROOT, log_records
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TUTORIAL = ROOT / "nbs" / "tutorials" / "widgets.ipynb"
-WIDGETS_NB = ROOT / "nbs" / "08_widgets.ipynb"
+WIDGETS_NB = ROOT / "nbs" / "11_widgets.ipynb"
 OUT = Path(os.environ.get("EMBED_NB_TEST_OUTPUT", ROOT / "test-output")) / "browser"
 # Chromium's own background traffic is refused on a closed network: switch it off.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 @pytest.fixture
 def lab(tmp_path, request):
-    "JupyterLab on loopback serving a copy of the notebook `request.param` (default: the tutorial); yields (url, folder)."
+    """JupyterLab on loopback serving a copy of the notebook `request.param` (default: the tutorial); yields
+    (url, folder)."""
     notebook = getattr(request, "param", TUTORIAL)
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: `make test` installs Debian's chromium (apt-get install chromium)")
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: `make test` installs Debian's chromium (apt-get install chromium)"
+        )
     shutil.copy(notebook, tmp_path / notebook.name)
     settings = tmp_path / ".jupyter" / "lab" / "user-settings" / "@jupyterlab"
-    for ext, name, value in [("notebook-extension", "tracker", {"windowingMode": "none"}),  # every cell in the DOM
-                             ("apputils-extension", "notification", {"fetchNews": "false"})]:
+    for ext, name, value in [
+        ("notebook-extension", "tracker", {"windowingMode": "none"}),  # every cell in the DOM
+        ("apputils-extension", "notification", {"fetchNews": "false"}),
+    ]:
         (settings / ext).mkdir(parents=True, exist_ok=True)
         (settings / ext / f"{name}.jupyterlab-settings").write_text(json.dumps(value))
     port, token = free_port(), "embed-nb-test"
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"), "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime"),
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / ".runtime"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
     log = open(tmp_path / "jupyterlab.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}", "--allow-root",
-                             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={tmp_path}",
+            "--allow-root",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
             try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2); break
-            except OSError: time.sleep(0.5)
-        else: pytest.fail("JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text()[-3000:])
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text()[-3000:])
         yield f"{url}/lab/tree/{notebook.name}?reset&token={token}", tmp_path
     finally:
         proc.terminate()
-        try: proc.wait(20)
-        except subprocess.TimeoutExpired: proc.kill()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         log.close()
+
 
 def image_of(page, widget_class: str) -> str:
     "The PNG (data URL) the widget shows now."
     return page.locator(f".{widget_class} img").first.get_attribute("src")
 
-ERRORS_JS = """() => Array.from(document.querySelectorAll(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"))
+
+STDERR = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+ERRORS_JS = f"""() => Array.from(document.querySelectorAll("{STDERR}"))
     .map(e => e.innerText).filter(t => t.startsWith('-----') || t.includes('Traceback (most recent call last)'))"""
 # Everything JupyterLab shows in red: stderr output (warnings included) and errors.
-RED_JS = """() => Array.from(document.querySelectorAll(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"))
-    .map(e => e.innerText.slice(0, 300))"""
+RED_JS = f"""() => Array.from(document.querySelectorAll("{STDERR}")).map(e => e.innerText.slice(0, 300))"""
 # Per code cell: its first source line, the embed_nb widgets its outputs show, and the pictures outside them.
 CELLS_JS = """() => Array.from(document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell')).map(c => {
     const outs = c.querySelector('.jp-OutputArea');
     const widgets = outs ? outs.querySelectorAll('[class*="embed-nb-"]') : [];
     const stray = outs ? Array.from(outs.querySelectorAll('img')).filter(i => !i.closest('[class*="embed-nb-"]')) : [];
     return {source: c.querySelector('.jp-InputArea .cm-content')?.innerText.split('\\n')[0] || '',
-            widgets: widgets.length, controls: widgets.length ? widgets[0].querySelectorAll('select, input').length : 0,
+            widgets: widgets.length,
+            controls: widgets.length ? widgets[0].querySelectorAll('select, input').length : 0,
             stray: stray.length};
 })"""
 counted = lambda prompts: [t for t in prompts if t.strip()[1:-2].strip().isdigit()]  # "[12]:"
@@ -125,6 +176,7 @@ def check_reader_view(page, n_widgets: int) -> list[dict]:
 def chromium_page():
     "A page of Debian's headless Chromium, driven by Playwright, closed after the block."
     from playwright.sync_api import sync_playwright
+
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
@@ -142,7 +194,8 @@ def test_widgets_tutorial_in_jupyterlab(lab):
 
         def tick():
             src = page.evaluate("() => document.querySelector('.embed-nb-losswidget img')?.src || null")
-            if src: live.add(src)
+            if src:
+                live.add(src)
 
         took = run_all(page, n_code, limit=900, tick=tick)
         page.screenshot(path=str(OUT / "notebook.png"), full_page=True)
@@ -162,15 +215,25 @@ def test_widgets_tutorial_in_jupyterlab(lab):
         # A control changes the figure: the similarity widget's dimension, then the MRL widget's metric.
         before = image_of(page, "embed-nb-similaritywidget")
         page.locator(".embed-nb-similaritywidget select").nth(1).select_option(label="384")
-        page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
-                               arg=["embed-nb-similaritywidget", before], timeout=60_000)
+        page.wait_for_function(
+            "([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
+            arg=["embed-nb-similaritywidget", before],
+            timeout=60_000,
+        )
         assert image_of(page, "embed-nb-similaritywidget") != before
         before = image_of(page, "embed-nb-mrlwidget")
         page.locator(".embed-nb-mrlwidget select").first.select_option(label="mrr@10")
-        page.wait_for_function("([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
-                               arg=["embed-nb-mrlwidget", before], timeout=60_000)
+        page.wait_for_function(
+            "([cls, old]) => { const i = document.querySelector(`.${cls} img`); return i && i.src !== old; }",
+            arg=["embed-nb-mrlwidget", before],
+            timeout=60_000,
+        )
 
-        for cls, name in [("embed-nb-losswidget", "loss"), ("embed-nb-similaritywidget", "similarity"), ("embed-nb-mrlwidget", "mrl")]:
+        for cls, name in [
+            ("embed-nb-losswidget", "loss"),
+            ("embed-nb-similaritywidget", "similarity"),
+            ("embed-nb-mrlwidget", "mrl"),
+        ]:
             w = page.locator(f".{cls}")
             w.scroll_into_view_if_needed()
             w.screenshot(path=str(OUT / f"{name}_widget.png"))
@@ -181,25 +244,26 @@ def test_widgets_tutorial_in_jupyterlab(lab):
         page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')", timeout=30_000)
         saved = json.loads((folder / "widgets.ipynb").read_text())
         outputs = [o for c in saved["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-        assert not [o for o in outputs if o["output_type"] == "error"], [o for o in outputs if o["output_type"] == "error"]
+        assert not [o for o in outputs if o["output_type"] == "error"], [
+            o for o in outputs if o["output_type"] == "error"
+        ]
         assert all(c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code")
         views = [o["data"] for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
         assert sum("image/png" in d for d in views) == 3, [sorted(d) for d in views]
     # The notebook's own checks ran in the kernel; the run it made is real.
-    log = [json.loads(l) for l in (folder / "runs" / "tutorial" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if "eval" in r] == [0, 6, 12]
+    assert [r["step"] for r in log_records(folder / "runs" / "tutorial") if "eval" in r] == [0, 6, 12]
 
 
 @pytest.mark.parametrize("lab", [WIDGETS_NB], indirect=True)
 def test_widgets_notebook_in_jupyterlab(lab):
-    "`08_widgets` run in JupyterLab shows each of its widgets live, once, with its controls, and no empty figure."
+    "`11_widgets` run in JupyterLab shows each of its widgets live, once, with its controls, and no empty figure."
     url, folder = lab
     with chromium_page() as page:
         n_code = open_notebook(page, url, WIDGETS_NB)
         took = run_all(page, n_code, limit=600)
-        page.screenshot(path=str(OUT / "08_widgets.png"), full_page=True)
-        assert took < 240, f"08_widgets took {took:.0f} s in JupyterLab (it says under 4 minutes)"
-        (OUT / "08_widgets_seconds.txt").write_text(f"{took:.1f}\n")
+        page.screenshot(path=str(OUT / "11_widgets.png"), full_page=True)
+        assert took < 240, f"11_widgets took {took:.0f} s in JupyterLab (it says under 4 minutes)"
+        (OUT / "11_widgets_seconds.txt").write_text(f"{took:.1f}\n")
         cells = check_reader_view(page, n_widgets=3)
         assert [c["source"] for c in cells if c["widgets"]] == ["ew", "mr", "sw"], cells
         for cls in ("embed-nb-losswidget", "embed-nb-mrlwidget", "embed-nb-similaritywidget"):

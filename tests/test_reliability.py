@@ -1,7 +1,7 @@
 """What a run leaves on disk: killed at any moment (kill -9, during saves too) and resumed, it ends bitwise where an
 uninterrupted run ends, for one process and for two; a nan loss stops it without saving a model; a second run into the
 same output_dir refuses; SIGINT saves a checkpoint and exits 130; the entry points return their exit codes."""
-import importlib.util
+
 import json
 import os
 import random
@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from conftest import EXAMPLES
+from conftest import EXAMPLES, log_records, needs_deepspeed, run_config, weights, write_yaml
 
 PY, BIN = sys.executable, Path(sys.executable).parent
 # the number of kill -9 points of the one-process test (EMBED_NB_KILLS=40 for a longer hunt)
@@ -32,11 +30,28 @@ def data(tmp_path_factory):
 
 
 def write_config(path, model, data, out, **kw):
-    cfg = {**dict(model_name_or_path=model, train_dataset=str(data), output_dir=str(out), neg_nums=1, batch_size=4,
-                  query_max_len=32, passage_max_len=32, epochs=2, lr=1e-3, warmup_proportion=0.1, log_interval=2,
-                  save_steps=1, num_max_checkpoints=3, use_mrl=True, mrl_dims=[8, 32], seed=3), **kw}
-    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
-    return path
+    "A run of whole epochs (two of 12 steps) on `data`, a checkpoint each step (3 kept), written as a yaml config."
+    cfg = run_config(
+        model,
+        out,
+        train_dataset=str(data),
+        neg_nums=1,
+        batch_size=4,
+        query_max_len=32,
+        passage_max_len=32,
+        epochs=2,
+        max_steps=None,
+        lr=1e-3,
+        warmup_proportion=0.1,
+        log_interval=2,
+        save_steps=1,
+        save_on_epoch_end=True,
+        num_max_checkpoints=3,
+        use_mrl=True,
+        mrl_dims=[8, 32],
+        seed=3,
+    )
+    return write_yaml(path, {**cfg, **kw})
 
 
 def train_cmd(config, *extra):
@@ -49,16 +64,9 @@ def run_ok(cmd, **kw):
     return r
 
 
-def weights(folder):
-    "Every tensor of a saved model folder (transformer and Dense head), by file and name."
-    return {f"{p.relative_to(folder)}:{k}": v for p in sorted(Path(folder).rglob("*.safetensors"))
-            if "trainer_state" not in p.parts for k, v in load_file(p).items()}
-
-
 def records(out):
     "log.jsonl without what differs between two runs of the same training: timings and the run's id."
-    return [{k: v for k, v in json.loads(l).items() if k not in ("elapsed_s", "eval_s", "run")}
-            for l in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "eval_s", "run")} for r in log_records(out)]
 
 
 def assert_same_end(a, b, extra=()):
@@ -67,13 +75,16 @@ def assert_same_end(a, b, extra=()):
     assert wa.keys() == wb.keys() and len(wa) > 10
     assert all(torch.equal(wa[k], wb[k]) for k in wa), [k for k in wa if not torch.equal(wa[k], wb[k])][:5]
     assert records(a) == records(b)
-    assert sorted(p.name for p in Path(a).glob("checkpoint-*")) == sorted([*extra, *(p.name for p in Path(b).glob("checkpoint-*"))])
+    assert sorted(p.name for p in Path(a).glob("checkpoint-*")) == sorted(
+        [*extra, *(p.name for p in Path(b).glob("checkpoint-*"))]
+    )
     assert not list(Path(a).glob(".*tmp*")) and not (Path(a) / ".lock").exists()
 
 
 def check_consistent(out):
     "What a killed run left: every visible checkpoint and model complete and loadable; never a half-written folder."
     from sentence_transformers import SentenceTransformer
+
     for folder in [*Path(out).glob("checkpoint-*"), Path(out) / "model"]:
         if folder.exists():
             assert not (folder / "INCOMPLETE").exists() and (folder / "embed_nb.json").is_file(), folder
@@ -117,10 +128,11 @@ def _tree(pid) -> set:
 
 
 def timeline(plain, seconds, kills):
-    """(start-up time, training time per kill) of a run that took `seconds` and wrote `plain/log.jsonl`. Every other
-    kill comes a random moment within that share after a checkpoint: over all the kills about a quarter of the training,
-    plus a step a kill, which leaves the run enough steps for the kills (twice that share once ran out at kill 19 of 20)."""
-    training = json.loads((Path(plain) / "log.jsonl").read_text().splitlines()[-1])["elapsed_s"]
+    """(start-up time, training time per kill) of a run that took `seconds` and wrote `plain/log.jsonl`. Every
+    other kill comes a random moment within that share after a checkpoint: over all the kills about a quarter of the
+    training, plus a step a kill, which leaves the run enough steps for the kills (twice that share once ran out at
+    kill 19 of 20)."""
+    training = log_records(plain)[-1]["elapsed_s"]
     return seconds - training, training / kills
 
 
@@ -141,8 +153,14 @@ def kill_and_resume(cmd, out, kills, rng, timeline, env=None):
     startup, share = timeline
     killed, first = 0, True
     while True:
-        p = subprocess.Popen(cmd + ([] if first else ["--set", "resume_from_checkpoint=auto"]), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+        p = subprocess.Popen(
+            cmd + ([] if first else ["--set", "resume_from_checkpoint=auto"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env=env,
+        )
         first = False
         if killed < kills:
             start, mode = time.time(), killed % 4
@@ -175,19 +193,27 @@ def test_kill_9_at_random_points_then_resume_is_bitwise(tiny_model, data, tmp_pa
     run_ok(train_cmd(write_config(tmp_path / "plain.yaml", tiny_model, data, plain, epochs=3)))
     whole = time.time() - start
     out = tmp_path / "killed"
-    killed = kill_and_resume(train_cmd(write_config(tmp_path / "k.yaml", tiny_model, data, out, epochs=3)), out, KILLS,
-                             random.Random(0), timeline(plain, whole, KILLS))
+    killed = kill_and_resume(
+        train_cmd(write_config(tmp_path / "k.yaml", tiny_model, data, out, epochs=3)),
+        out,
+        KILLS,
+        random.Random(0),
+        timeline(plain, whole, KILLS),
+    )
     assert killed >= KILLS
     assert_same_end(out, plain)
     assert len(json.loads((out / "run.json").read_text())["resumed"]) >= KILLS // 4  # it went on from checkpoints
 
 
+@pytest.mark.xdist_group("fixed_port")  # torchrun
 def test_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path):
     torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "-m", "embed_nb.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     plain = tmp_path / "plain"
     start = time.time()
-    run_ok(torchrun + ["--config", str(write_config(tmp_path / "p.yaml", tiny_model, data, plain, batch_size=2))], env=env)
+    run_ok(
+        torchrun + ["--config", str(write_config(tmp_path / "p.yaml", tiny_model, data, plain, batch_size=2))], env=env
+    )
     whole = time.time() - start
     out = tmp_path / "killed"
     cmd = torchrun + ["--config", str(write_config(tmp_path / "k.yaml", tiny_model, data, out, batch_size=2))]
@@ -198,7 +224,7 @@ def test_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path
     assert_same_end(out, plain)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
+@needs_deepspeed
 def test_deepspeed_zero2_two_processes_killed_and_resumed_are_bitwise(tiny_model, data, tmp_path):
     cli = [str(BIN / "embed-nb"), "train", "--num-processes", "2", "--strategy", "deepspeed", "--zero-stage", "2"]
     plain = tmp_path / "plain"
@@ -225,7 +251,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_bitwise(tiny_model, dat
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 130, err[-3000:]
-    line = [l for l in err.splitlines() if l.startswith("embed-nb: stopped: stopped by SIGINT at step")]
+    line = [ln for ln in err.splitlines() if ln.startswith("embed-nb: stopped: stopped by SIGINT at step")]
     assert line and "Traceback" not in err, err[-3000:]
     assert "stopped" in json.loads((out / "run.json").read_text())
     # the same command again refuses to overwrite the stopped run, then --resume goes on
@@ -238,10 +264,25 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_bitwise(tiny_model, dat
 
 def test_nan_stops_without_saving_a_model(tiny_model, data, tmp_path):
     out = tmp_path / "nan"
-    cfg = write_config(tmp_path / "n.yaml", tiny_model, data, out, lr=1e4, save_steps=None, max_steps=6, log_interval=3,
-                       epochs=1, use_mrl=False, mrl_dims=None)
-    r = subprocess.run([str(BIN / "embed-nb"), "train", "--config", str(cfg), "--set", "max_grad_norm=null"],
-                       capture_output=True, text=True, timeout=300)
+    cfg = write_config(
+        tmp_path / "n.yaml",
+        tiny_model,
+        data,
+        out,
+        lr=1e4,
+        save_steps=None,
+        max_steps=6,
+        log_interval=3,
+        epochs=1,
+        use_mrl=False,
+        mrl_dims=None,
+    )
+    r = subprocess.run(
+        [str(BIN / "embed-nb"), "train", "--config", str(cfg), "--set", "max_grad_norm=null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("embed-nb: stopped: step ") and "became nan or inf" in last and "Traceback" not in r.stderr
@@ -249,12 +290,17 @@ def test_nan_stops_without_saving_a_model(tiny_model, data, tmp_path):
     assert "nan" not in (out / "log.jsonl").read_text().lower()  # the non-finite loss was never logged
     # a model with nan weights saved some other way: eval refuses it
     from embed_nb.model import Embedding
+
     m = Embedding.from_pretrained(tiny_model)
     with torch.no_grad():
         next(m.parameters()).fill_(float("nan"))
     m.model.save(str(tmp_path / "nan_model"))
-    r = subprocess.run([str(BIN / "embed-nb"), "eval", "--model", str(tmp_path / "nan_model"), "--data",
-                        str(EXAMPLES / "eval")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(BIN / "embed-nb"), "eval", "--model", str(tmp_path / "nan_model"), "--data", str(EXAMPLES / "eval")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "holds non-finite weights" in r.stderr, r.stderr[-2000:]
 
 
@@ -266,7 +312,9 @@ def test_output_dir_is_never_trained_into_twice(tiny_model, data, tmp_path):
     while not (out / ".lock").exists():
         assert p.poll() is None, p.communicate()[1][-3000:]
         time.sleep(0.01)
-    r = subprocess.run(train_cmd(cfg, "--set", "overwrite_output_dir=true"), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        train_cmd(cfg, "--set", "overwrite_output_dir=true"), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2 and "is in use by a run going on" in r.stderr, r.stderr[-2000:]
     os.kill(p.pid, signal.SIGKILL)  # a dead run's lock is stale
     p.wait()
@@ -275,13 +323,17 @@ def test_output_dir_is_never_trained_into_twice(tiny_model, data, tmp_path):
     r = subprocess.run(train_cmd(cfg), capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "holds a finished run" in r.stderr, r.stderr[-2000:]
     # --resume of a finished run (a retry loop's second try, say) has nothing to do, and says so
-    r = subprocess.run(train_cmd(cfg, "--set", "resume_from_checkpoint=auto"), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        train_cmd(cfg, "--set", "resume_from_checkpoint=auto"), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0 and "holds a finished run: nothing to resume" in r.stdout, r.stderr[-2000:]
     assert all(torch.equal(v, weights(out / "model")[k]) for k, v in first.items())  # the finished model untouched
     # a file where the model goes fails before training, not after
     (tmp_path / "f").mkdir()
     (tmp_path / "f" / "model").write_text("")
-    r = subprocess.run(train_cmd(cfg, "--set", f"output_dir={tmp_path / 'f'}"), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        train_cmd(cfg, "--set", f"output_dir={tmp_path / 'f'}"), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2 and "is a file, where the run would save its model" in r.stderr
     assert not (tmp_path / "f" / "log.jsonl").exists()
 
@@ -296,16 +348,30 @@ def test_checkpoint_rotation_deletes_only_this_runs_checkpoints(tiny_model, data
     (a / "checkpoint-epoch-2").rename(foreign)
     meta = json.loads((foreign / "embed_nb.json").read_text())
     (foreign / "embed_nb.json").write_text(json.dumps({**meta, "run_id": "another"}))
-    run_ok(train_cmd(write_config(tmp_path / "b.yaml", tiny_model, data, b, save_steps=None, num_max_checkpoints=1,
-                                  resume_from_checkpoint=str(a / "checkpoint-epoch-1"))))
+    run_ok(
+        train_cmd(
+            write_config(
+                tmp_path / "b.yaml",
+                tiny_model,
+                data,
+                b,
+                save_steps=None,
+                num_max_checkpoints=1,
+                resume_from_checkpoint=str(a / "checkpoint-epoch-1"),
+            )
+        )
+    )
     assert sorted(p.name for p in b.glob("checkpoint-*")) == ["checkpoint-epoch-2", "checkpoint-epoch-7"]
     assert json.loads((b / "run.json").read_text())["resumed"][0]["step"] == 12
 
 
+@pytest.mark.xdist_group("fixed_port")  # accelerate launch
 def test_module_entry_point_returns_its_exit_code(tmp_path):
     (tmp_path / "bad.yaml").write_text("train_dataset: nowhere.jsonl\nbatchsize: 3\n")
-    for cmd in ([PY, "-m", "embed_nb.train"], [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu", "-m",
-                                                 "embed_nb.train"]):
+    for cmd in (
+        [PY, "-m", "embed_nb.train"],
+        [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu", "-m", "embed_nb.train"],
+    ):
         r = subprocess.run(cmd + ["--config", str(tmp_path / "bad.yaml")], capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and "unknown key 'batchsize'" in r.stderr, (cmd, r.returncode, r.stderr[-2000:])
         if cmd[1] == "-m":

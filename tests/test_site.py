@@ -1,15 +1,27 @@
 """The notebooks as committed: their outputs kept (every teaching notebook shows its figures without running, with no
 error, no live-widget view and no progress bar left in it), and the static HTML site built from them (`make site`):
 one page per notebook, every link between pages leads to a page, and the figures are in the pages."""
-import json, re, subprocess, sys
-from pathlib import Path
+
+import json
+import re
+import subprocess
+import sys
 import pytest
 from conftest import ROOT
 
 NBS = ROOT / "nbs"
 # The notebooks that draw (each idea with a figure), and the least number of pictures each must keep.
-DRAWN = {"01_data": 2, "02_losses": 5, "04_distributed": 1, "05_gradcache": 1, "06_eval": 1, "07_train": 2,
-         "08_widgets": 6, "10_mine": 1, "tutorials/widgets": 3}
+DRAWN = {
+    "01_data": 2,
+    "02_losses": 5,
+    "04_distributed": 1,
+    "05_gradcache": 1,
+    "06_eval": 1,
+    "09_train": 2,
+    "10_mine": 1,
+    "11_widgets": 6,
+    "tutorials/widgets": 3,
+}
 
 
 def outputs(name: str) -> list[dict]:
@@ -28,11 +40,16 @@ def test_committed_outputs_show_figures(name):
 
 
 def test_static_site(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "site.py"), str(tmp_path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "site.py"), str(tmp_path)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     pages = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.html"))
-    expected = ["index.html"] + [p.stem + ".html" for p in NBS.glob("[0-9]*.ipynb")] + \
-               [f"tutorials/{p.stem}.html" for p in (NBS / "tutorials").glob("*.ipynb")]
+    expected = (
+        ["index.html"]
+        + [p.stem + ".html" for p in NBS.glob("[0-9]*.ipynb")]
+        + [f"tutorials/{p.stem}.html" for p in (NBS / "tutorials").glob("*.ipynb")]
+    )
     assert pages == sorted(expected)
     for page in tmp_path.rglob("*.html"):
         text = page.read_text()

@@ -1,7 +1,9 @@
 """The loss widget follows a run in launched processes: it redraws while two gloo processes write log.jsonl."""
+
 import json
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, log_records, run_config
+
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_loss_widget_follows_launched_training(tiny_model, tmp_path, strategy):
@@ -10,9 +12,11 @@ def test_loss_widget_follows_launched_training(tiny_model, tmp_path, strategy):
 
     class Recorded(LossWidget):
         "A loss widget that notes how many loss points each of its drawings showed."
+
         def __init__(self, runs):
             self.shown = []
             super().__init__(runs)
+
         def draw(self):
             fig = super().draw()
             lines = fig.axes[0].get_lines()
@@ -23,9 +27,10 @@ def test_loss_widget_follows_launched_training(tiny_model, tmp_path, strategy):
     widget = Recorded(run)  # before the run exists: an empty plot
     assert widget.draws == 1 and widget.shown == [0]
     thread = widget.follow(interval=0.1, until_finished=True)  # stops once run.json says finished, not when idle
-    launch({"model_name_or_path": tiny_model, "train_dataset": str(EXAMPLES / "pairs.jsonl"), "output_dir": str(run),
-            "batch_size": 4, "max_steps": 12, "log_interval": 1, "save_on_epoch_end": False,
-            "eval_dataset": str(EXAMPLES / "eval"), "eval_steps": 6}, num_processes=2, strategy=strategy)
+    cfg = run_config(
+        tiny_model, run, "pairs", batch_size=4, max_steps=12, eval_dataset=str(EXAMPLES / "eval"), eval_steps=6
+    )
+    launch(cfg, num_processes=2, strategy=strategy)
     assert "finished" in json.loads((run / "run.json").read_text())
     thread.join(timeout=120)  # the run has finished: the thread ends at its next look (the timeout only guards a bug)
     assert not thread.is_alive()
@@ -36,8 +41,12 @@ def test_loss_widget_follows_launched_training(tiny_model, tmp_path, strategy):
     assert any(n < 12 for n in redraws), redraws  # redrawn while the processes ran, not only at the end
     steps = list(widget.fig.axes[0].get_lines()[0].get_xdata())
     assert steps == list(range(1, 13)) == list(read_log(run).dropna(subset=["loss"])["step"])
-    evals = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if '"eval"' in l]
-    assert [r["step"] for r in evals] == [0, 6, 12]  # evaluation during training, by the main process (FSDP: on the gathered weights)
+    evals = [r for r in log_records(run) if "eval" in r]
+    assert [r["step"] for r in evals] == [
+        0,
+        6,
+        12,
+    ]  # evaluation during training, by the main process (FSDP: on the gathered weights)
     assert widget.metric.value == "ndcg@10"  # the widget found the evaluation metrics and draws them beside the loss
     eval_lines = widget.fig.axes[1].get_lines()  # axes: loss, eval, lr twin
-    assert eval_lines and all(list(l.get_xdata()) == [0, 6, 12] for l in eval_lines)  # every evaluation drawn
+    assert eval_lines and all(list(line.get_xdata()) == [0, 6, 12] for line in eval_lines)  # each evaluation drawn
