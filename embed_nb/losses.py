@@ -5,6 +5,9 @@
 # %% ../nbs/02_losses.ipynb #45e75d63
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -98,50 +101,41 @@ def distill_loss(
     return {"loss": loss, **parts}
 
 # %% ../nbs/02_losses.ipynb #ec470421
+@dataclass
 class InfoNCELoss:
     "InfoNCE for `pair` and `hard_neg` data."
 
-    def __init__(self, temperature: float = 0.02, other_positives: bool | None = None):
-        self.temperature, self.other_positives = temperature, other_positives
+    temperature: float = 0.02
+    other_positives: bool | None = None  # other queries' positives are negatives; None: when no hard negatives
 
     def __call__(self, emb: dict, batch: dict) -> dict:
-        return {
-            "loss": info_nce(emb["query"], emb["docs"], batch["doc_index"], self.temperature, self.other_positives)
-        }
+        loss = info_nce(emb["query"], emb["docs"], batch["doc_index"], self.temperature, self.other_positives)
+        return {"loss": loss}
 
 
+@dataclass
 class ScoreKLLoss:
     "Per-query KL to the graded scores, for `scored` data."
 
-    def __init__(self, temperature: float = 0.02, score_temperature: float | None = None):
-        self.temperature, self.score_temperature = temperature, score_temperature
+    temperature: float = 0.02
+    score_temperature: float | None = None  # the grades' temperature; None: `temperature`
 
     def __call__(self, emb: dict, batch: dict) -> dict:
-        return {
-            "loss": score_kl(
-                emb["query"],
-                emb["docs"],
-                batch["doc_index"],
-                batch["scores"],
-                self.temperature,
-                self.score_temperature,
-            )
-        }
+        graded = (batch["doc_index"], batch["scores"], self.temperature, self.score_temperature)
+        return {"loss": score_kl(emb["query"], emb["docs"], *graded)}
 
 
+@dataclass
 class DistillLoss:
     "Teacher-embedding distillation for `distill` data."
 
-    def __init__(self, cosine_weight=10.0, similarity_weight=200.0, triplet_weight=20.0, margin=0.015):
-        self.kw = dict(
-            cosine_weight=cosine_weight,
-            similarity_weight=similarity_weight,
-            triplet_weight=triplet_weight,
-            margin=margin,
-        )
+    cosine_weight: float = 10.0
+    similarity_weight: float = 200.0
+    triplet_weight: float = 20.0
+    margin: float = 0.015
 
     def __call__(self, emb: dict, batch: dict) -> dict:
-        return distill_loss(emb["query"], batch["teacher"], **self.kw)
+        return distill_loss(emb["query"], batch["teacher"], **dataclasses.asdict(self))
 
 # %% ../nbs/02_losses.ipynb #6521e291
 class MatryoshkaLoss:
