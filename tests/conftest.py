@@ -4,6 +4,8 @@ weights) and the check that two runs trained alike; and the summary of fatal err
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,15 @@ def write_yaml(path, cfg: dict) -> Path:
     path = Path(path)
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in cfg.items()))
     return path
+
+
+def accelerate_launch(accelerate_config, train_config, *options, env=None, timeout=300):
+    """`accelerate launch --config_file accelerate_config [options] -m embed_nb.train --config train_config` (the
+    spec's way to start a run), its output captured."""
+    exe = Path(sys.executable).parent / "accelerate"
+    cmd = [str(exe), "launch", "--config_file", str(accelerate_config), *map(str, options)]
+    cmd += ["-m", "embed_nb.train", "--config", str(train_config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def log_records(run_dir) -> list[dict]:

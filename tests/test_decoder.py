@@ -3,15 +3,12 @@ process and in two (DDP, FSDP, DeepSpeed ZeRO-1/2 on CPU processes), which must 
 do."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, assert_same_run, example_texts, losses, max_change, needs_deepspeed, run_config, weights
-from conftest import log_records, write_yaml
+from conftest import EXAMPLES, accelerate_launch, assert_same_run, example_texts, log_records, losses, max_change
+from conftest import needs_deepspeed, run_config, weights, write_yaml
 from sentence_transformers import SentenceTransformer
 
 from embed_nb.train import launch, train
@@ -118,25 +115,7 @@ def test_two_processes_equal_one(decoder, tmp_path, strategy):
 def test_spec_fsdp_yaml_on_a_decoder_names_the_layer_key(decoder, tmp_path):
     "The spec's FSDP yaml wraps BertLayer; a Qwen2 decoder has none: one line naming the key and the model's layer."
     cfg = write_yaml(tmp_path / "c.yaml", config(decoder, tmp_path / "out", max_steps=2))
-    exe = Path(sys.executable).parent / "accelerate"
-    spec = EXAMPLES / "accelerate" / "default_fsdp.yaml"
-    r = subprocess.run(
-        [
-            str(exe),
-            "launch",
-            "--config_file",
-            str(spec),
-            "--num_processes",
-            "1",
-            "-m",
-            "embed_nb.train",
-            "--config",
-            str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = accelerate_launch(EXAMPLES / "accelerate" / "default_fsdp.yaml", cfg, "--num_processes", 1)
     # the process exits 2 with one line; accelerate's launcher (torch elastic) then adds its own report and exits 1
     assert r.returncode != 0 and "(exitcode: 2)" in r.stderr, r.stderr[-3000:]
     first = r.stderr.split("embed-nb: error: ", 1)[1].splitlines()[0]

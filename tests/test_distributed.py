@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, assert_same_run, losses, max_change, needs_deepspeed, run_config, weights, write_yaml
+from conftest import EXAMPLES, accelerate_launch, assert_same_run, losses, max_change, needs_deepspeed, run_config
+from conftest import weights, write_yaml
 from sentence_transformers import SentenceTransformer
 
 from embed_nb.train import launch, train
@@ -160,24 +161,7 @@ def test_spec_fsdp_config_names_the_models_layers_and_is_refused_clearly_on_cpu(
     if torch.cuda.is_available():
         pytest.skip("GPU machine: bench/gpu_check.sh runs this path")
     cfg = write_yaml(tmp_path / "c.yaml", config(model, "pairs", tmp_path / "out", batch_size=4, max_steps=2))
-    exe = Path(sys.executable).parent / "accelerate"
-    r = subprocess.run(
-        [
-            str(exe),
-            "launch",
-            "--config_file",
-            str(spec),
-            "--num_processes",
-            "1",
-            "-m",
-            "embed_nb.train",
-            "--config",
-            str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = accelerate_launch(spec, cfg, "--num_processes", 1)
     refused = "embed-nb: error: the accelerate config asks for FSDP, which accelerate runs only on GPUs"
     assert r.returncode != 0 and refused in r.stderr, r.stderr[-3000:]
     assert not (tmp_path / "out").exists()  # refused before anything was written
@@ -222,12 +206,11 @@ def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_proc
     train(config(model, "hard_neg", tmp_path / "single", **MRL))
     multi = config(model, "hard_neg", tmp_path / "multi", batch_size=8 // num_processes, **MRL)
     cfg = write_yaml(tmp_path / "c.yaml", multi)
-    exe = Path(sys.executable).parent / "accelerate"
     spec = EXAMPLES / "accelerate" / "deepspeed_zero2.yaml"
-    cmd = [str(exe), "launch", "--config_file", str(spec), "--num_processes", str(num_processes)]
-    cmd += ["--zero_stage", str(zero_stage), "-m", "embed_nb.train", "--config", str(cfg)]
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    r = accelerate_launch(
+        spec, cfg, "--num_processes", num_processes, "--zero_stage", zero_stage, env=env, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run = run_of(tmp_path / "multi")
     assert (run["world_size"], run["distributed_type"]) == (num_processes, "DEEPSPEED")

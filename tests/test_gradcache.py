@@ -32,6 +32,12 @@ def grads_of(net, fn):
     return out, {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
 
 
+def backward(out: dict) -> dict:
+    "Back-propagate a loss's output (`loss` and its parts); return it."
+    out["loss"].backward()
+    return out
+
+
 def max_diff(a, b):
     assert a.keys() == b.keys() and len(a) > 10
     return max((a[k] - b[k]).abs().max().item() for k in a)
@@ -57,13 +63,7 @@ def test_equal_to_plain(name, mini, tiny_model_no_dropout):
     if "teacher" in batch:
         batch["teacher"] = batch["teacher"].double()
     loss = LOSSES[name]()
-
-    def plain():
-        out = loss(net(batch), batch)
-        out["loss"].backward()
-        return out
-
-    ref, ref_grads = grads_of(net, plain)
+    ref, ref_grads = grads_of(net, lambda: backward(loss(net(batch), batch)))
     out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, mini))
     assert set(out) == set(ref)
     for k in ref:
@@ -75,13 +75,7 @@ def test_float32_relative(tiny_model_no_dropout):
     "In float32 (as trained) the gradients agree within 1e-5 (relative to the largest entry where that is above 1)."
     net = Embedding.from_pretrained(tiny_model_no_dropout)
     batch, loss = batch_of("hard_neg", net, rows=16), InfoNCELoss(0.05)
-
-    def plain():
-        out = loss(net(batch), batch)
-        out["loss"].backward()
-        return out
-
-    ref, ref_grads = grads_of(net, plain)
+    ref, ref_grads = grads_of(net, lambda: backward(loss(net(batch), batch)))
     out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, 4))
     assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-5
     for k in ref_grads:
@@ -100,9 +94,7 @@ def test_dropout_is_replayed(dropout_model):
         for s in ("query", "docs"):  # the mini-batches GradCache embeds (rows by length), back in the batch's order
             parts, order = _mini_batches(batch[s], -(-len(batch[s]["input_ids"]) // 3))
             emb[s] = torch.cat([net({s: f})[s] for f, _ in parts])[torch.argsort(order)]
-        out = loss(emb, batch)
-        out["loss"].backward()
-        return out
+        return backward(loss(emb, batch))
 
     def cached(seed):
         torch.manual_seed(seed)
@@ -142,13 +134,7 @@ def test_mini_batches_by_length_cost_less_and_change_nothing(tiny_model_no_dropo
     assert widths[0] == batch["query"]["input_ids"].shape[1] > 2 * max(widths[1:]), widths
     assert sorted(order.tolist()) == list(range(12)) and order[0] == 5
     loss = InfoNCELoss(0.05)
-
-    def plain():
-        out = loss(net(batch), batch)
-        out["loss"].backward()
-        return out
-
-    ref, ref_grads = grads_of(net, plain)
+    ref, ref_grads = grads_of(net, lambda: backward(loss(net(batch), batch)))
     out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, 3))
     assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-10
     assert max_diff(grads, ref_grads) <= 1e-10
