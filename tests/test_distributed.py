@@ -214,7 +214,11 @@ def test_spec_deepspeed_yaml_through_accelerate_launch(model, tmp_path, num_proc
     assert r.returncode == 0, r.stderr[-3000:]
     run = run_of(tmp_path / "multi")
     assert (run["world_size"], run["distributed_type"]) == (num_processes, "DEEPSPEED")
-    assert run["process_settings"]["deepspeed_filled"]["train_micro_batch_size_per_gpu"] == 8 // num_processes
+    filled = run["deepspeed_config"]  # the yaml's "auto" values, as the run used them
+    assert (filled["train_micro_batch_size_per_gpu"], filled["zero_optimization"]["stage"]) == (
+        8 // num_processes,
+        zero_stage,
+    )
     assert_same_run(tmp_path / "single", tmp_path / "multi")
     st = SentenceTransformer(str(tmp_path / "multi" / "model"), device="cpu")
     assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Dense"] and st.encode(["x"]).shape == (1, 32)
