@@ -40,8 +40,13 @@ def run(path: Path, timeout: int = 1200) -> float:
     nb = nbformat.read(path, as_version=4)
     start = time.time()
     # the kernel is stopped at once after the last cell: a graceful shutdown sometimes waited tens of seconds here
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", shutdown_kernel="immediate",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        shutdown_kernel="immediate",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     client.execute()
     took = time.time() - start
     strip_noise(nb)
