@@ -22,7 +22,7 @@ from .core import ConfigError, TrainConfig
 from .model import transformer_layer_classes
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'barrier', 'gather_plain', 'gather_batch',
+__all__ = ['STRATEGIES', 'is_distributed', 'gather_with_grad', 'barrier', 'replica_spread', 'gather_plain', 'gather_batch',
            'reset_accelerate_state', 'WholeLines', 'launch_processes', 'forked_from_kernel', 'progress_bar',
            'one_process_group', 'ensure_process_group', 'launch_one_process', 'check_strategy', 'fill_deepspeed_config',
            'launched_with_deepspeed', 'process_settings', 'accelerator_kwargs', 'process_rank', 'make_accelerator',
@@ -67,6 +67,13 @@ def barrier():
     "Wait for every process (nothing to wait for in one process)."
     if is_distributed():
         dist.barrier()
+
+
+def replica_spread(model: torch.nn.Module) -> float:
+    "Largest difference between processes of any parameter's sum: 0 when DDP kept the replicas in step."
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    every = gather_plain(sums[None])  # torch.distributed's: it sees every process, whatever accelerate thinks
+    return float((every - every[0]).abs().max())
 
 
 def gather_plain(t: torch.Tensor) -> torch.Tensor:

@@ -103,10 +103,11 @@ def load_retrieval_data(
     split: str = "test",  # the qrels of a BEIR folder
     query_prompt: str | None = None,  # put before each query (a jsonl line's own `prompt_for_query` wins)
 ) -> RetrievalData:
-    "A BEIR folder or a training-format jsonl file."
-    if Path(path).is_dir():
-        return load_beir(path, split, query_prompt)
-    return load_jsonl_eval(path, query_prompt)
+    "A BEIR folder or a training-format jsonl file, with at least one query that has a relevant document."
+    data = load_beir(path, split, query_prompt) if Path(path).is_dir() else load_jsonl_eval(path, query_prompt)
+    if not data.queries:
+        raise ConfigError(f"{path}: no query with a relevant document to evaluate")
+    return data
 
 # %% ../nbs/06_eval.ipynb #c72e1d2e
 def _dcg(gains) -> float:

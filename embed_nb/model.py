@@ -18,7 +18,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from torch import nn
 
-from .core import ConfigError, atomic_folder, check_complete
+from .core import ConfigError, TrainConfig, atomic_folder, check_complete
 
 try:
     from sentence_transformers.sentence_transformer import modules as models  # sentence-transformers >= 6
@@ -433,6 +433,24 @@ class Embedding(nn.Module):
                 "(no module named *Attention with a dropout)"
             )
         return self
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig, head_dim: int | None = None) -> Embedding:
+        "The model `cfg` trains, in training mode: its head (`head_dim` wide), LoRA adapters, checkpointing, dropout."
+        model = cls.from_pretrained(
+            cfg.model_name_or_path, use_mrl=cfg.use_mrl, mrl_dims=cfg.mrl_dims, head_dim=head_dim
+        )
+        if cfg.lora is not None:
+            model.add_lora(cfg.lora)
+        model.train()
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing()
+        if cfg.attention_dropout is not None:
+            model.set_attention_dropout(cfg.attention_dropout)
+        for m in model.modules():  # sentence-transformers never uses the Hugging Face pooler: DDP must not wait for it
+            if type(m).__name__.endswith("Pooler"):
+                m.requires_grad_(False)
+        return model
 
     def save_pretrained(
         self,

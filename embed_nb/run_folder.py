@@ -313,10 +313,12 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 # %% ../nbs/07_run_folder.ipynb #4eca2a67
-def save_trainer_state(accelerator, folder: Path, rank: int, sums: dict):
-    "Write `folder/trainer_state`: accelerate's state (model, optimizer, schedule), this process's loss sums and RNG."
+def save_trainer_state(accelerator, folder: Path, rank: int, sums: dict, progress: Progress | None = None):
+    "Write `folder/trainer_state`: accelerate's state, this process's loss sums and RNG, and `progress` (one process)."
     accelerator.save_state(str(folder / STATE))
     torch.save({"rng": rng_state(), "sums": sums}, folder / STATE / f"rank_{rank}.pt")
+    if progress is not None:
+        progress.save(folder / STATE)
 
 
 def load_trainer_state(accelerator, ckpt: Path, rank: int, cfg: TrainConfig, world_size: int) -> tuple:

@@ -17,28 +17,23 @@ import uuid
 from pathlib import Path
 
 import torch
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import set_seed
 from fastcore.basics import patch
+from transformers import get_cosine_schedule_with_warmup
 
 from .card import last_eval, model_card
 from .core import ConfigError, RunStopped, TrainConfig, begin_folder, load_config, publish_folder, stop_signals
 from .data import EmbeddingDataset, make_loader
 from .distributed import barrier, check_fsdp_layers, check_strategy, full_state_dict, gather_batch
 from .distributed import gather_plain, launch_one_process, launch_processes, make_accelerator, no_zero3_init
-from .distributed import process_rank, process_settings, progress_bar, reset_accelerate_state, shard_model
-from .evaluate import evaluate as evaluate_retrieval
-from .evaluate import load_retrieval_data
+from .distributed import process_rank, process_settings, progress_bar, replica_spread, reset_accelerate_state
+from .distributed import shard_model
+from .evaluate import evaluate as evaluate_retrieval, load_retrieval_data
 from .gradcache import grad_cache
 from .losses import make_loss
 from .model import Embedding
-from embed_nb.run_folder import (
-    STATE,
-    Progress,
-    RunLog,
-    checkpoints,
-    claim_output,
-    finished_already,
-    load_trainer_state,
-)
+from .run_folder import Progress, RunLog, checkpoints, claim_output, finished_already, load_trainer_state
 from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
@@ -47,11 +42,9 @@ __all__ = ['read_data', 'Run', 'train', 'launch']
 # %% ../nbs/09_train.ipynb #6eb99146
 def _optimizer(model, cfg: TrainConfig, fused: bool = False):
     "AdamW without weight decay on biases and LayerNorm weights; `fused`: torch's single-kernel AdamW (GPUs)."
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay, no_decay = [p for p in trained if p.ndim >= 2], [p for p in trained if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 # %% ../nbs/09_train.ipynb #95cd92e9
@@ -65,12 +58,8 @@ def read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
             f"train_type is distill but {cfg.train_dataset} is in the '{dataset.format}' format: "
             "distillation reads {query} lines"
         )
-    if not cfg.eval_dataset:
-        return dataset, None
-    eval_data = load_retrieval_data(cfg.eval_dataset, query_prompt=cfg.query_prompt)
-    if not eval_data.queries:
-        raise ConfigError(f"{cfg.eval_dataset}: eval_dataset has no query with a relevant document")
-    return dataset, eval_data
+    evaluation = load_retrieval_data(cfg.eval_dataset, query_prompt=cfg.query_prompt) if cfg.eval_dataset else None
+    return dataset, evaluation
 
 # %% ../nbs/09_train.ipynb #8ee34446
 class Run:
@@ -85,9 +74,6 @@ class Run:
         data: tuple | None = None,  # (training rows, evaluation data), read and checked already (`launch`)
         settings: dict | None = None,  # the process-wide settings made for the run (`process_settings`)
     ):
-        from accelerate.utils import set_seed
-        from transformers import get_cosine_schedule_with_warmup
-
         check_strategy(cfg, strategy, zero_stage)
         check_fsdp_layers(cfg.model_name_or_path)  # the layers an FSDP yaml names, before accelerate starts
         self.cfg, self.strategy, self.out = cfg, strategy, Path(cfg.output_dir)
@@ -99,6 +85,8 @@ class Run:
             self.rank, self.world = process_rank(self.acc)
             self.main = self.rank == 0
             self.fsdp = strategy == "fsdp" and torch.distributed.is_initialized()  # FSDP by hand
+            self.kind = self.acc.distributed_type.value  # accelerate's name of the set-up: NO, MULTI_GPU, DEEPSPEED...
+            self.replicated = self.kind in ("NO", "MULTI_CPU", "MULTI_GPU") and not self.fsdp  # the whole model each
             self.cross_device = self.world > 1 and cfg.negatives_cross_device is not False
             # where the run is (what a checkpoint saves), and what it has summed since the last log record
             self.progress = Progress(uuid.uuid4().hex[:12], world_size=self.world, config=dataclasses.asdict(cfg))
@@ -120,53 +108,28 @@ class Run:
                 description = resumed_description(self.out, self.claim.resume, self.progress.step, description)
             self.log = RunLog(self.out, self.main, callbacks, self.acc if self.acc.log_with else None)
             self.log.start({**description, "run_id": self.progress.run_id}, log_lines)
-            bar = dict(total=self.total, initial=self.progress.step, disable=not self.main, desc="training")
-            self.bar = progress_bar(**bar)
+            self.bar = progress_bar(
+                total=self.total, initial=self.progress.step, disable=not self.main, desc="training"
+            )
         except BaseException:
             self.claim.release()
             raise
 
-    @property
-    def kind(self) -> str:
-        "accelerate's name of the distributed set-up: NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, ..."
-        return self.acc.distributed_type.value
-
-    @property
-    def replicated(self) -> bool:
-        "Whether every process holds the whole model as plain tensors (one process, or DDP)."
-        return self.kind in ("NO", "MULTI_CPU", "MULTI_GPU") and not self.fsdp  # FSDP, DeepSpeed: gather, even alone
-
 # %% ../nbs/09_train.ipynb #e27b9815
 @patch
 def load_model(self: Run) -> Embedding:
-    "The base model, with the Matryoshka (or distillation) head and the LoRA adapters the run trains."
+    "The model the config trains (`Embedding.for_training`), loaded whole even under ZeRO-3."
     teacher = self.dataset.teacher
     with no_zero3_init(self.acc):
-        model = Embedding.from_pretrained(
-            self.cfg.model_name_or_path,
-            use_mrl=self.cfg.use_mrl,
-            mrl_dims=self.cfg.mrl_dims,
-            head_dim=teacher.shape[1] if teacher is not None else None,
-        )
-    return model.add_lora(self.cfg.lora) if self.cfg.lora is not None else model
+        return Embedding.for_training(self.cfg, head_dim=teacher.shape[1] if teacher is not None else None)
 
 
 @patch
 def prepare(self: Run, model: Embedding, loader) -> tuple:
-    "The model in training mode, sharded or compiled as the config says, its optimizer and the batches, prepared."
-    from accelerate.data_loader import prepare_data_loader
-
+    "The model sharded or compiled as the config says, its optimizer and the batches, prepared by accelerate."
     cfg = self.cfg
-    model.train()
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing()
-    if cfg.attention_dropout is not None:
-        model.set_attention_dropout(cfg.attention_dropout)
     if cfg.eval_dims and max(cfg.eval_dims) > model.dim:
         raise ConfigError(f"eval_dims: {max(cfg.eval_dims)} exceeds the model's width {model.dim}")
-    for m in model.modules():  # the HF pooler is never used by sentence-transformers
-        if type(m).__name__.endswith("Pooler"):
-            m.requires_grad_(False)
     if self.fsdp:
         shard_model(model, cfg.mixed_precision)
     if cfg.compile:
@@ -317,9 +280,7 @@ def log_losses(self: Run, epoch: float):
     "Write the mean losses since the last record (after checking that they are finite)."
     self.check_finite()
     if not self.cross_device and self.world > 1:  # each process had its own loss: log their mean
-        for v in self.sums.values():
-            torch.distributed.all_reduce(v)
-        self.sums = {k: v / self.world for k, v in self.sums.items()}
+        self.sums = {k: gather_plain(v.reshape(1)).mean() for k, v in self.sums.items()}
     record = {
         "step": self.progress.step,
         "epoch": round(epoch, 4),
@@ -361,9 +322,8 @@ def evaluate(self: Run, epoch: float):
         finally:
             whole.train()
         top = max(results)
-        self.bar.write(
-            f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results[top].items()) + f" at {top} dims"
-        )
+        said = ", ".join(f"{k} {v:.4f}" for k, v in results[top].items())
+        self.bar.write(f"step {step}: {said} at {top} dims")
         record = {"step": step, "epoch": round(epoch, 4), "eval": {str(d): m for d, m in results.items()}}
         scalars = {f"eval/{k}@{d}": v for d, m in results.items() for k, v in m.items()}
         self.log.write({**record, "eval_s": round(time.time() - start, 2)}, scalars)
@@ -391,15 +351,11 @@ def save_checkpoint(self: Run, name: str):
     if self.main:
         begin_folder(tmp)
     barrier()
-    resumable = not self.fsdp
-    if resumable:
-        save_trainer_state(self.acc, tmp, self.rank, self.sums)
+    p = dataclasses.replace(self.progress, log_lines=self.log.lines, elapsed_s=round(time.time() - self.started, 2))
+    if not self.fsdp:  # FSDP by hand saves the model only
+        save_trainer_state(self.acc, tmp, self.rank, self.sums, p if self.main else None)
     trained = self.whole_model()
     if self.main:
-        elapsed = round(time.time() - self.started, 2)
-        p = dataclasses.replace(self.progress, log_lines=self.log.lines, elapsed_s=elapsed)
-        if resumable:
-            p.save(tmp / STATE)
         self.save_model(trained, tmp, {"position": [p.epoch, p.batch]}, atomic=False)
         publish_folder(tmp, path)
         rotate_checkpoints(self.out, p.run_id, self.cfg.num_max_checkpoints)
@@ -424,27 +380,18 @@ def restore_rng(self: Run):
 
 # %% ../nbs/09_train.ipynb #6780ad22
 @patch
-def _replica_spread(self: Run) -> float:
-    "Largest difference between processes of any parameter's sum: 0 when the replicas stayed in step."
-    sums = torch.stack([p.detach().double().sum() for p in self.acc.unwrap_model(self.model).parameters()])
-    every = gather_plain(sums[None])  # torch.distributed's: it sees every process, whatever accelerate thinks
-    return float((every - every[0]).abs().max())
-
-
-@patch
 def finish(self: Run) -> Path:
     "Save the final model, complete `run.json`, and release the accelerator; return the model's folder."
     self.bar.close()
     self.check_finite()
     trained = self.whole_model()
-    spread = self._replica_spread() if self.world > 1 and self.replicated else None
+    spread = replica_spread(self.acc.unwrap_model(self.model)) if self.world > 1 and self.replicated else None
     if self.main:
         self.save_model(trained, self.out / "model")
         extra = {"replicas_max_abs_diff": spread} if spread is not None else {}
         if torch.cuda.is_available():
             extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        finished, elapsed = time.strftime("%Y-%m-%dT%H:%M:%S"), round(time.time() - self.started, 2)
-        self.log.finish(**extra, finished=finished, elapsed_s=elapsed)
+        self.log.finish(**extra, finished=time.strftime("%FT%T"), elapsed_s=round(time.time() - self.started, 2))
     barrier()
     trained = None
     self.close(end_training=True)
