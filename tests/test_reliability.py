@@ -147,6 +147,15 @@ def fresh_save(out, since, pattern=".checkpoint-*.tmp"):
     return False
 
 
+def near_end(out) -> bool:
+    "Whether the run in `out` has logged a step within 2 of its last (on a loaded machine a sleep may overshoot it)."
+    try:
+        total = json.loads((Path(out) / "run.json").read_text())["optimizer_steps"]
+        return json.loads((Path(out) / "log.jsonl").read_text().splitlines()[-1])["step"] >= total - 2
+    except (OSError, ValueError, IndexError, KeyError):
+        return False
+
+
 def kill_and_resume(cmd, out, kills, rng, timeline, env=None):
     """Start `cmd`, kill -9 it and its processes at a random moment (or just as a save begins), check what it left,
     start it again with --resume; until it finishes. Returns how many times it was killed."""
@@ -173,8 +182,10 @@ def kill_and_resume(cmd, out, kills, rng, timeline, env=None):
                 pattern = ".checkpoint-*.tmp" if mode == 1 else "checkpoint-*"
                 while p.poll() is None and not fresh_save(out, start, pattern) and time.time() - start < 120:
                     time.sleep(0.002)
-                if mode > 1:
-                    time.sleep(rng.uniform(0, share))
+                if mode > 1:  # cut short as the run nears its end: a kill while it winds down would test no resume
+                    deadline = time.time() + rng.uniform(0, share)
+                    while p.poll() is None and time.time() < deadline and not near_end(out):
+                        time.sleep(0.005)
             if p.poll() is None:
                 kill_all(p.pid)
                 p.wait()
