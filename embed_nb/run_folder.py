@@ -31,7 +31,7 @@ from embed_nb.core import (
 # %% auto #0
 __all__ = ['LOCK', 'STATE', 'RESUME_FREE', 'checkpoints', 'rotate_checkpoints', 'run_state', 'check_lock', 'Claim',
            'claim_output', 'finished_already', 'versions', 'RunLog', 'Progress', 'rng_state', 'set_rng_state',
-           'save_trainer_state', 'load_trainer_state', 'check_resume', 'resumed_description']
+           'check_resume', 'resumed_description', 'save_trainer_state', 'load_trainer_state']
 
 # %% ../nbs/07_run_folder.ipynb #4985a270
 LOCK, STATE = ".lock", "trainer_state"
@@ -312,23 +312,6 @@ def set_rng_state(state: dict):
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-# %% ../nbs/07_run_folder.ipynb #4eca2a67
-def save_trainer_state(accelerator, folder: Path, rank: int, sums: dict, progress: Progress | None = None):
-    "Write `folder/trainer_state`: accelerate's state, this process's loss sums and RNG, and `progress` (one process)."
-    accelerator.save_state(str(folder / STATE))
-    torch.save({"rng": rng_state(), "sums": sums}, folder / STATE / f"rank_{rank}.pt")
-    if progress is not None:
-        progress.save(folder / STATE)
-
-
-def load_trainer_state(accelerator, ckpt: Path, rank: int, cfg: TrainConfig, world_size: int) -> tuple:
-    "Load checkpoint `ckpt` into `accelerator` if `cfg` trains as its run did: its `Progress`, this process's RNG, sums."
-    progress = Progress.load(ckpt / STATE)
-    check_resume(progress, cfg, world_size, ckpt)
-    accelerator.load_state(str(ckpt / STATE))
-    mine = torch.load(ckpt / STATE / f"rank_{rank}.pt", map_location="cpu", weights_only=False)
-    return progress, mine["rng"], mine["sums"]
-
 # %% ../nbs/07_run_folder.ipynb #181290ff
 RESUME_FREE = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "log_with", "num_max_checkpoints"}
 RESUME_FREE |= {"save_steps", "save_on_epoch_end", "eval_dataset", "eval_steps", "eval_dims", "eval_k"}
@@ -356,3 +339,20 @@ def resumed_description(out: Path, ckpt: Path, step: int, description: dict) -> 
         description = {k: v for k, v in json.loads(previous.read_text()).items() if k != "stopped"}
     description.setdefault("resumed", []).append({"from": str(ckpt), "step": step, "at": time.strftime("%FT%T")})
     return description
+
+# %% ../nbs/07_run_folder.ipynb #4eca2a67
+def save_trainer_state(accelerator, folder: Path, rank: int, sums: dict, progress: Progress | None = None):
+    "Write `folder/trainer_state`: accelerate's state, this process's loss sums and RNG, and `progress` (one process)."
+    accelerator.save_state(str(folder / STATE))
+    torch.save({"rng": rng_state(), "sums": sums}, folder / STATE / f"rank_{rank}.pt")
+    if progress is not None:
+        progress.save(folder / STATE)
+
+
+def load_trainer_state(accelerator, ckpt: Path, rank: int, cfg: TrainConfig, world_size: int) -> tuple:
+    "Load checkpoint `ckpt` into `accelerator` if `cfg` trains as its run did: its `Progress`, this process's RNG, sums."
+    progress = Progress.load(ckpt / STATE)
+    check_resume(progress, cfg, world_size, ckpt)
+    accelerator.load_state(str(ckpt / STATE))
+    mine = torch.load(ckpt / STATE / f"rank_{rank}.pt", map_location="cpu", weights_only=False)
+    return progress, mine["rng"], mine["sums"]
