@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 HIDDEN = ("worker", "data", "out", "corpus_file")  # options only a script's own worker processes get
+ALL_DIRECTIONS = ["query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc"]
 sys.path.insert(0, str(ROOT))
 # embed_nb's contenders in the comparisons: each one's options over the defaults
 EMBED_NB_OPTIONS = {
@@ -34,6 +35,25 @@ EMBED_NB_OPTIONS = {
     "embed_nb_mult64": dict(pad_to_multiple_of=64),
     "embed_nb_compile": dict(compile=True),
     "embed_nb_noattndrop": dict(attention_dropout=0.0),
+    # quality recipes (bench/quality.py): DEFAULT leaves a setting at embed_nb's default instead of the script's
+    "embed_nb_defaults": dict(lr="DEFAULT", temperature="DEFAULT"),
+    "embed_nb_seed_defaults": dict(
+        lr=2e-5, temperature=0.02, loss_directions=["query_to_doc"], false_negative_margin=None
+    ),  # the original trainer's lr and temperature, plain InfoNCE
+    "embed_nb_plain": dict(loss_directions=["query_to_doc"], false_negative_margin=None),
+    "embed_nb_mask": dict(loss_directions=["query_to_doc"], false_negative_margin=0.1),
+    "embed_nb_gte": dict(loss_directions=ALL_DIRECTIONS, false_negative_margin=None),
+    "embed_nb_gte_mask": dict(loss_directions=ALL_DIRECTIONS, false_negative_margin=0.1),
+    "embed_nb_sym_mask": dict(
+        loss_directions=["query_to_doc", "doc_to_query"], loss_partition="per_direction", false_negative_margin=0.1
+    ),
+}
+# sentence-transformers' contenders: the loss each trains with (MultipleNegativesRankingLoss unless `gist`)
+ST_LOSSES = {
+    "sentence_transformers": {},
+    "st_symmetric": dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"),
+    "st_gte": dict(directions=tuple(ALL_DIRECTIONS), partition_mode="joint"),
+    "st_gist": dict(gist=True),  # GISTEmbedLoss with the base model as guide
 }
 
 
@@ -104,8 +124,8 @@ def write_jsonl(pairs, path: Path) -> Path:
 def embed_nb_config(a, dims: list[int], **extra) -> dict:
     """embed_nb's `train()` config in a comparison with sentence-transformers' trainer: the settings both share (data,
     batch, lr, temperature, schedule, lengths, seed, precision, Matryoshka), from a script's arguments `a`; `extra` adds
-    to them or overrides them."""
-    return (
+    to them or overrides them (a value "DEFAULT" drops the key: embed_nb's default applies)."""
+    config = (
         dict(
             train_dataset=a.data,
             batch_size=a.batch_size,
@@ -124,31 +144,41 @@ def embed_nb_config(a, dims: list[int], **extra) -> dict:
         )
         | extra
     )
+    return {k: v for k, v in config.items() if v != "DEFAULT"}
 
 
-def sentence_transformers_side(a, dims: list[int], model: str | None = None):
+def sentence_transformers_side(a, dims: list[int], model: str | None = None, loss: dict | None = None):
     """sentence-transformers' side of the same comparison: its model (`model`, default the bundled all-MiniLM-L6-v2;
     max_seq_length set), and `make_trainer(total, callbacks, **args)`: a `SentenceTransformerTrainer` on the pairs of
     `a.data` with MultipleNegativesRankingLoss (scale = 1/temperature; in MatryoshkaLoss with `dims`) and the settings
     `embed_nb_config` gives embed_nb (cosine schedule, 10% warmup); `args` add to its training arguments or override
-    them. Everything is imported and loaded here, so that a timer started after this call times the trainer only."""
+    them. `loss`: MultipleNegativesRankingLoss's options (`directions`, `partition_mode`), or `gist=True` for GISTEmbedLoss
+    with the base model as its guide (its temperature: the script's). Everything is imported and loaded here, so that a
+    timer started after this call times the trainer only."""
     import datasets
     from sentence_transformers import SentenceTransformer
 
     try:
-        from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.losses import GISTEmbedLoss, MatryoshkaLoss
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
         from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
         from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-        from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+        from sentence_transformers.losses import GISTEmbedLoss, MatryoshkaLoss, MultipleNegativesRankingLoss
     from embed_nb.model import default_model_path
 
     rows = [json.loads(line) for line in open(a.data)]
     data = datasets.Dataset.from_dict({"anchor": [r["query"] for r in rows], "positive": [r["pos"][0] for r in rows]})
     st = SentenceTransformer(model or default_model_path(), device=a.device)
     st.max_seq_length = a.max_seq_length
-    loss = MultipleNegativesRankingLoss(st, scale=1 / a.temperature)
+    loss = dict(loss or {})
+    if loss.pop("gist", False):
+        guide = SentenceTransformer(model or default_model_path(), device=a.device)
+        guide.max_seq_length = a.max_seq_length
+        loss = GISTEmbedLoss(st, guide, temperature=a.temperature)
+    else:
+        loss = MultipleNegativesRankingLoss(st, scale=1 / a.temperature, **loss)
     if dims:
         loss = MatryoshkaLoss(st, loss, matryoshka_dims=sorted(dims, reverse=True))
 

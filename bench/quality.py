@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import EMBED_NB_OPTIONS, embed_nb_config, mrl_dims, sentence_transformers_side
+from common import EMBED_NB_OPTIONS, ST_LOSSES, embed_nb_config, mrl_dims, sentence_transformers_side
 from common import ensure_requirements, insuranceqa, markdown_table, parser, passthrough, report, run_worker, save
 from common import train_pairs, write_jsonl
 
@@ -44,8 +44,8 @@ def parse(argv=None):
     p.add_argument(
         "--contenders",
         default="embed_nb,sentence_transformers",
-        help="also: embed_nb_nogroup (random batches), embed_nb_nodup (no_duplicates), "
-        "embed_nb_noattndrop (attention_dropout: 0)",
+        help="any of common.EMBED_NB_OPTIONS (embed_nb's recipes and speed options) and common.ST_LOSSES "
+        "(sentence-transformers' losses)",
     )
     p.add_argument("--name", default=None, help="results file name (default: quality_<device>)")
     return p.parse_args(argv)
@@ -78,7 +78,7 @@ def train_worker(a) -> dict:
         options = EMBED_NB_OPTIONS[a.worker]
         train(embed_nb_config(a, dims, output_dir=a.out, max_steps=a.steps, epochs=1000, log_interval=10, **options))
     else:
-        model, make_trainer = sentence_transformers_side(a, dims)
+        model, make_trainer = sentence_transformers_side(a, dims, loss=ST_LOSSES[a.worker])
         make_trainer(a.steps, logging_steps=10).train()
         model.save(path)
     return {"contender": a.worker, "model": path, "train_s": time.perf_counter() - start}

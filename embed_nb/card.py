@@ -9,15 +9,16 @@ import json
 from pathlib import Path
 
 from .core import TrainConfig
-from .data import FORMATS
+from .data import DEFAULT_NEG_NUMS, FORMATS
 
 # %% auto #0
 __all__ = ['LOSS_TEXT', 'last_eval', 'model_card']
 
 # %% ../nbs/08_card.ipynb #74ed5e20
 LOSS_TEXT = {
-    "info_nce": "InfoNCE over in-batch negatives{hard} (logits: cosine / {t})",
-    "score_kl": "KL divergence from the softmax of the graded scores to the model's similarities (temperature {t})",
+    "info_nce": "InfoNCE over in-batch negatives{hard} (logits: cosine / {t}){extra}",
+    "score_kl": "KL divergence from the softmax of the graded scores to the model's similarities (temperature {t})"
+    "{extra}",
     "distill": "distillation towards the teacher's embeddings (`{vec}`)",
 }
 
@@ -27,10 +28,31 @@ def last_eval(log: Path) -> tuple[int, dict] | None:
     last = None
     if log.is_file():
         for line in log.read_text().splitlines():
-            if '"eval"' in line:
-                rec = json.loads(line)
+            rec = json.loads(line) if '"eval"' in line else {}
+            if "eval" in rec:
                 last = (rec["step"], rec["eval"])
     return last
+
+
+def _contrast_text(cfg: TrainConfig, loss: str) -> str:
+    "The InfoNCE extras of a run in words: directions, false-negative mask, hardness, the InfoNCE beside a KL."
+    if loss == "score_kl":
+        return (
+            f", plus {cfg.kl_info_nce_weight} × InfoNCE on each best-graded document" if cfg.kl_info_nce_weight else ""
+        )
+    if loss != "info_nce":
+        return ""
+    parts = []
+    if len(cfg.loss_directions) > 1:
+        parts.append(f"{cfg.loss_partition} softmax over {', '.join(cfg.loss_directions)}")
+    if cfg.false_negative_margin is not None:
+        parts.append(
+            f"candidates above the positive's cosine + {cfg.false_negative_margin}, or of its text, left out as false negatives"
+            + (" (hard negatives too)" if cfg.mask_hard_negatives else "")
+        )
+    if cfg.hardness_strength:
+        parts.append(f"hardness weighting {cfg.hardness_strength}")
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def model_card(
@@ -43,6 +65,7 @@ def model_card(
     seconds: float,  # training time
     world: int = 1,  # processes
     evaluation: tuple[int, dict] | None = None,  # (step, {dim: {metric: value}}) of the last evaluation
+    kept: dict | None = None,  # what the run kept of its mixes with the base model (`Run.keep_best`)
 ) -> str:
     "The README.md of a fine-tuned model: what it is, how to load it, how it was trained and how it scored."
 
@@ -50,8 +73,10 @@ def model_card(
     fmt = FORMATS[data_format]
     dims = sorted(mrl_dims or [])
     tags = ["sentence-transformers", "sentence-similarity", "embed_nb"] + (["matryoshka"] if len(dims) > 1 else [])
+    negs = f"up to {DEFAULT_NEG_NUMS}" if cfg.neg_nums is None else str(cfg.neg_nums)
     loss = LOSS_TEXT[fmt.loss].format(
-        hard=f" and {cfg.neg_nums} hard negatives per query" if fmt.hard_negatives else "",
+        hard=f" and {negs} hard negatives per query" if fmt.hard_negatives else "",
+        extra=_contrast_text(cfg, fmt.loss),
         t=cfg.score_temperature or cfg.temperature if fmt.graded else cfg.temperature,
         vec=cfg.train_dataset_vec,
     )
@@ -95,12 +120,12 @@ def model_card(
         "## Training",
         "",
         f"- data: `{cfg.train_dataset}`, {rows} training rows in the `{data_format}` "
-        f"format `{fmt.keys}` ({fmt.documents_per_row.replace('neg_nums', str(cfg.neg_nums))} per query)",
+        f"format `{fmt.keys}` ({fmt.documents_per_row.replace('neg_nums', negs)} per query)",
         f"- loss: {loss}",
     ]
     if len(dims) > 1:
         lines += [
-            f"- Matryoshka: the loss at each of {dims} dimensions, averaged"
+            f"- Matryoshka: the loss at each of {dims} dimensions, summed"
             + (f" with weights {cfg.mrl_weights}" if cfg.mrl_weights else "")
         ]
     lines += [
@@ -129,13 +154,23 @@ def model_card(
     ]
     shown = [k for k in keys if getattr(cfg, k, None) not in (None, False) and (k != "mini_batch_size" or cfg.cached)]
     lines += [f"| {k} | {getattr(cfg, k)} |" for k in shown]
+    if kept:  # the table shows the kept weights
+        evaluation = (steps, kept["eval"])
     if evaluation:
         step, results = evaluation
         names = list(next(iter(results.values())))
+        lines += ["", "## Held-out retrieval", ""]
+        if kept:
+            s, scores, metric = kept["share"], kept["scores"], kept["metric"]
+            what = {1.0: "the fine-tuned weights", 0.0: "the base model's weights: fine-tuning lowered the score"}
+            lines += [
+                f"Kept {what.get(s, f'{s} × the fine-tuned weights + {1 - s:g} × the base model' + chr(39) + 's')}, the "
+                f"best mean {metric} on `{cfg.eval_dataset}` of the mixes tried (share of the fine-tuned weights: "
+                + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items())
+                + "). The choice was made on this data, so the numbers below flatter the model a little.",
+                "",
+            ]
         lines += [
-            "",
-            "## Held-out retrieval",
-            "",
             f"`{cfg.eval_dataset}`, evaluated at step {step}:",
             "",
             "| dimensions | " + " | ".join(names) + " |",

@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--range", default="10-100", help="ranks to sample from, positives removed (1: the top)")
     m.add_argument("--margin", type=float, default=0.95, help="drop candidates above margin x the positive's score")
     m.add_argument("--max-score", type=float, default=None, help="drop candidates above this cosine similarity")
+    m.add_argument(
+        "--duplicate-score",
+        type=float,
+        default=0.98,
+        help="drop copies of a positive: its text, or a cosine this high",
+    )
+    m.add_argument(
+        "--pick", choices=["random", "top"], default="random", help="keep a random sample or the top ranked"
+    )
     m.add_argument("--cross-encoder", default=None, help="a CrossEncoder that filters the candidates again")
     m.add_argument("--ce-margin", type=float, default=1.0, help="... above ce-margin x its score of the positive")
     m.add_argument("--query-prompt", default=None, help="prompt of queries without their own prompt_for_query")
@@ -242,6 +251,8 @@ def run_mine(a):
         rank_range=a.range,
         margin=a.margin,
         max_score=a.max_score,
+        duplicate_score=a.duplicate_score,
+        pick=a.pick,
         cross_encoder=a.cross_encoder,
         ce_margin=a.ce_margin,
         batch_size=a.batch_size,

@@ -180,7 +180,10 @@ def option(
     new: bool = False,  # a key embed_nb adds to the original trainer's
 ):
     "A `TrainConfig` field with its help line and check."
-    return field(default=default, metadata={"help": help, "rule": rule, "section": section, "new": new})
+    metadata = {"help": help, "rule": rule, "section": section, "new": new}
+    if isinstance(default, list):  # a fresh list for each config
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 # %% ../nbs/00_core.ipynb #2d4ba1a0
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "merge")
@@ -223,7 +226,9 @@ class TrainConfig:
     teacher_embedding_dim: int | None = _data(
         None, "its width (the original spells it teatch_emebedding_dim); None: inferred", at_least(1)
     )
-    neg_nums: int = _data(15, "hard negatives per query", at_least(0))
+    neg_nums: int | None = _data(
+        None, "hard negatives per query, repeated when a line has fewer; None: the line's own, at most 15", at_least(0)
+    )
     query_max_len: int = _data(128, "queries are truncated to this many tokens", at_least(1))
     passage_max_len: int = _data(512, "documents are truncated to this many tokens", at_least(1))
     shuffle: bool = _data(True, "shuffle the rows each epoch")
@@ -248,6 +253,38 @@ class TrainConfig:
     )
     other_positives: bool | None = _optim(
         None, "other queries' positives as negatives beside hard negatives; None: only for pairs", new=True
+    )
+    loss_directions: list[str] = _optim(
+        ["query_to_doc"],
+        "similarities in InfoNCE's denominator: query_to_doc, and any of doc_to_query, query_to_query, doc_to_doc",
+        (
+            lambda v: (
+                "query_to_doc" in v and set(v) <= {"query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc"}
+            ),
+            "must hold query_to_doc and only query_to_doc, doc_to_query, query_to_query or doc_to_doc",
+        ),
+        new=True,
+    )
+    loss_partition: str = _optim(
+        "joint",
+        "one softmax over every direction, or per_direction (query_to_doc, doc_to_query)",
+        one_of("joint", "per_direction"),
+        new=True,
+    )
+    false_negative_margin: float | None = _optim(
+        None,
+        "InfoNCE drops candidates above the positive's cosine + this, or of the positive's text; None: off",
+        at_least(0),
+        new=True,
+    )
+    mask_hard_negatives: bool = _optim(
+        False, "the false-negative margin drops a query's own hard negatives too", new=True
+    )
+    hardness_strength: float = _optim(
+        0.0, "add this × cosine to hard query→document negatives' logits", at_least(0), new=True
+    )
+    kl_info_nce_weight: float = _optim(
+        0.0, "scored data: add this × InfoNCE (best-graded document as positive) to the KL", at_least(0), new=True
     )
     epochs: int = _optim(2, "passes over the data", at_least(1))
     max_steps: int | None = _optim(None, "stop after this many optimizer steps", at_least(1), new=True)
@@ -277,6 +314,10 @@ class TrainConfig:
     )
     eval_dims: list[int] | None = _eval(None, "dimensions to evaluate; None: mrl_dims, else the full width", positive)
     eval_k: list[int] | None = _eval(None, "metric cut-offs; None: [10]", at_least(1))
+    merge_base: bool = _eval(
+        True,
+        "at the end, keep the best on eval_dataset of the fine-tuned weights and their mixes with the base model's",
+    )
     group_by_length: bool = _speed(True, "batches of rows of similar length, from shuffled mega-batches")
     length_mega_batch: int = _speed(32, "batches per mega-batch when grouping by length", at_least(1))
     pad_to_multiple_of: int | None = _speed(
@@ -306,11 +347,16 @@ class TrainConfig:
 ALIASES = {"teatch_emebedding_dim": "teacher_embedding_dim"}
 
 # %% ../nbs/00_core.ipynb #53642c0a
+def _default(f: dataclasses.Field):
+    "A field's default value."
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
 def config_keys() -> list[dict]:
     "Every key of `TrainConfig`: name, type, default, section, help, and whether embed_nb added it."
     hints = typing.get_type_hints(TrainConfig)
     return [
-        {"key": f.name, "type": _type_name(hints[f.name]), "default": f.default, **f.metadata}
+        {"key": f.name, "type": _type_name(hints[f.name]), "default": _default(f), **f.metadata}
         for f in dataclasses.fields(TrainConfig)
     ]
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import random
@@ -21,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from .core import DataError, TrainConfig
 
 # %% auto #0
-__all__ = ['FORMATS', 'DataFormat', 'detect_format', 'check_record', 'read_jsonl', 'read_examples', 'sample_negatives',
-           'load_teacher_vectors', 'EmbeddingDataset', 'Collator', 'padded_width', 'TokenCache', 'CachedCollator',
-           'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction',
-           'row_texts', 'make_loader']
+__all__ = ['FORMATS', 'DEFAULT_NEG_NUMS', 'DataFormat', 'detect_format', 'check_record', 'read_jsonl', 'read_examples',
+           'sample_negatives', 'load_teacher_vectors', 'EmbeddingDataset', 'text_key', 'Collator', 'padded_width',
+           'TokenCache', 'CachedCollator', 'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches',
+           'BatchSampler', 'padding_fraction', 'row_texts', 'make_loader']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -162,8 +163,13 @@ def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict
     return fmt, examples
 
 # %% ../nbs/01_data.ipynb #839034ad
-def sample_negatives(negs: list, n: int, rng: random.Random) -> list:
-    "`n` of `negs`: a random subset when there are enough, else `negs` repeated then sampled."
+DEFAULT_NEG_NUMS = 15  # the most negatives a query trains with when neg_nums is not set
+
+
+def sample_negatives(negs: list, n: int | None, rng: random.Random) -> list:
+    "`n` of `negs`: a random subset when there are enough, else `negs` repeated then sampled; `n` None: up to 15, no repeats."
+    if n is None:
+        return rng.sample(negs, min(len(negs), DEFAULT_NEG_NUMS))
     if n <= 0:
         return []
     if len(negs) >= n:
@@ -231,7 +237,7 @@ class EmbeddingDataset(Dataset):
     def __init__(
         self,
         path,  # jsonl file
-        neg_nums: int = 15,  # hard negatives per query (`hard_neg` format)
+        neg_nums: int | None = None,  # hard negatives per query (`hard_neg` format); None: the line's, at most 15
         teacher_vectors=None,  # float32 memmap of teacher embeddings (`distill` format)
         teacher_dim: int | None = None,  # its width; inferred from the file size when None
         seed: int = 0,
@@ -275,6 +281,12 @@ class EmbeddingDataset(Dataset):
         return item
 
 # %% ../nbs/01_data.ipynb #e6c1ec4b
+def text_key(text: str) -> int:
+    "A stable 63-bit key of a text: equal texts have equal keys, in every process and every run."
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class Collator:
     "Tokenise dataset rows into a batch padded to its longest sequence."
 
@@ -288,6 +300,7 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {"query": self.tokenize([it["query"] for it in items], self.query_max_len)}
+        batch["query_key"] = torch.tensor([text_key(it["query"]) for it in items])
         if "docs" in items[0]:
             counts = [len(it["docs"]) for it in items]
             batch["docs"] = self.tokenize([d for it in items for d in it["docs"]], self.passage_max_len)
@@ -297,6 +310,7 @@ class Collator:
                 index[i, :c] = torch.arange(start, start + c)
                 start += c
             batch["doc_index"] = index
+            batch["doc_key"] = torch.tensor([text_key(d) for it in items for d in it["docs"]])
         if "scores" in items[0]:
             batch["scores"] = torch.zeros(batch["doc_index"].shape)
             for i, it in enumerate(items):

@@ -99,6 +99,9 @@ def gather_batch(emb: dict, batch: dict) -> tuple[dict, dict]:
         idx = batch["doc_index"]
         offset = sum(_sizes(len(emb["docs"]), idx.device)[: dist.get_rank()])
         out["doc_index"] = gather_plain(torch.where(idx >= 0, idx + offset, idx))
+    for key in ("query_key", "doc_key"):
+        if key in batch:
+            out[key] = gather_plain(batch[key])
     if "scores" in batch:
         out["scores"] = gather_plain(batch["scores"].float())  # padding is masked by doc_index
     if "teacher" in batch:

@@ -15,8 +15,8 @@ from .core import ConfigError, TrainConfig
 from .data import FORMATS
 
 # %% auto #0
-__all__ = ['similarity', 'info_nce', 'score_kl', 'ranking_margin', 'distill_loss', 'InfoNCELoss', 'ScoreKLLoss', 'DistillLoss',
-           'MatryoshkaLoss', 'make_loss']
+__all__ = ['DIRECTIONS', 'similarity', 'info_nce', 'contrastive_loss', 'score_kl', 'ranking_margin', 'distill_loss',
+           'InfoNCELoss', 'best_first', 'ScoreKLLoss', 'DistillLoss', 'MatryoshkaLoss', 'make_loss']
 
 # %% ../nbs/02_losses.ipynb #0fcf4109
 def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -42,6 +42,92 @@ def info_nce(
         hide[torch.arange(len(query), device=hide.device), positives] = False
         logits = logits.masked_fill(hide, float("-inf"))
     return F.cross_entropy(logits, positives)
+
+# %% ../nbs/02_losses.ipynb #7dd573d4
+DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
+
+
+def _owners(doc_index: torch.Tensor, n_docs: int) -> torch.Tensor:
+    "For each document of the batch, the row (query) it belongs to; -1 for none."
+    rows = torch.arange(len(doc_index), device=doc_index.device)[:, None].expand_as(doc_index)
+    owner = torch.full((n_docs,), -1, dtype=torch.long, device=doc_index.device)
+    valid = doc_index >= 0
+    owner[doc_index[valid]] = rows[valid]
+    return owner
+
+
+def contrastive_loss(
+    query: torch.Tensor,  # [B, dim] query embeddings
+    docs: torch.Tensor,  # [N, dim] every document of the batch
+    doc_index: torch.Tensor,  # [B, K] positions in `docs` of each query's documents, positive first, -1 for padding
+    temperature: float = 0.02,  # logits are cosine / temperature
+    other_positives: bool | None = None,  # other queries' positives are negatives; None: when no hard negatives
+    directions=("query_to_doc",),  # which similarities compete with the positive: any of DIRECTIONS
+    partition: str = "joint",  # one softmax over every direction, or "per_direction" (query_to_doc, doc_to_query)
+    margin: float | None = None,  # false negatives: drop candidates above the positive's cosine + margin
+    mask_hard_negatives: bool = False,  # let the margin drop a query's own (curated) hard negatives too
+    hardness: float = 0.0,  # add hardness × cosine (no gradient) to every query→document negative's logit
+    query_key: torch.Tensor | None = None,  # [B] equal keys: the same query text (`text_key`)
+    doc_key: torch.Tensor | None = None,  # [N] equal keys: the same document text
+) -> torch.Tensor:
+    "InfoNCE with extra directions (GTE, Qwen3-Embedding) and a false-negative mask; `info_nce` when all are off."
+    if "query_to_doc" not in directions or not set(directions) <= set(DIRECTIONS):
+        raise ValueError(f"directions must hold query_to_doc and only {', '.join(DIRECTIONS)}: got {directions}")
+    if partition == "per_direction" and not set(directions) <= {"query_to_doc", "doc_to_query"}:
+        raise ValueError("partition per_direction takes only query_to_doc and doc_to_query: use joint")
+    B, N, dev = len(query), len(docs), query.device
+    rows, pos, owner = torch.arange(B, device=dev), doc_index[:, 0], _owners(doc_index, N)
+    qk = rows if query_key is None else query_key
+    dk = torch.arange(N, device=dev) if doc_key is None else doc_key
+    same_query = qk[:, None] == qk[None, :]  # [B, B] rows of one query text
+    same_pos = dk[pos][:, None] == dk[pos][None, :]  # [B, B] rows whose positives are one text
+    is_pos = torch.zeros(N, dtype=torch.bool, device=dev)
+    is_pos[pos] = True
+    own = owner[None, :] == rows[:, None]  # [B, N] each row's own documents
+    owned_by_same_query = same_query[:, owner.clamp(min=0)] & (owner >= 0)[None, :]  # [B, N]
+    q, d = F.normalize(query, dim=-1), F.normalize(docs, dim=-1)
+    qd = q @ d.T
+    p = qd[rows, pos]  # [B] the positives' cosines
+    over = lambda s: (
+        s.detach() > p.detach()[:, None] + margin if margin is not None else torch.zeros_like(s, dtype=bool)
+    )
+    terms = {}  # direction: (cosines [B, C], dropped [B, C])
+    if other_positives is None:
+        other_positives = doc_index.shape[1] == 1
+    drop = (dk[None, :] == dk[pos][:, None]) | (is_pos[None, :] & owned_by_same_query)  # the positive's text again
+    drop |= over(qd) & ~own if not mask_hard_negatives else over(qd)
+    if not other_positives:
+        drop |= is_pos[None, :] & ~own
+    drop[rows, pos] = False
+    terms["query_to_doc"] = qd, drop
+    if "doc_to_query" in directions:  # the positive against every query: the positive is the diagonal
+        dq = d[pos] @ q.T
+        terms["doc_to_query"] = (
+            dq,
+            ((same_query | same_pos) & ~torch.eye(B, dtype=torch.bool, device=dev))
+            | (over(dq) & ~torch.eye(B, dtype=torch.bool, device=dev)),
+        )
+    if "query_to_query" in directions:  # the query against the other queries
+        qq = q @ q.T
+        terms["query_to_query"] = qq, same_query | same_pos | over(qq)
+    if "doc_to_doc" in directions:  # the positive against the documents of other queries
+        dd = d[pos] @ d.T
+        terms["doc_to_doc"] = dd, owned_by_same_query | (dk[None, :] == dk[pos][:, None]) | over(dd)
+    logits = {}
+    for name in [n for n in DIRECTIONS if n in terms and n in directions]:
+        s, dropped = terms[name]
+        z = s / temperature
+        if name == "query_to_doc" and hardness:
+            negative = torch.ones_like(dropped)
+            negative[rows, pos] = False
+            z = z + hardness * s.detach() * negative
+        logits[name] = z.masked_fill(dropped, float("-inf"))
+    positive = p / temperature
+    if partition == "joint":
+        log_z = torch.logsumexp(torch.cat(list(logits.values()), 1), 1)
+    else:
+        log_z = sum(torch.logsumexp(z, 1) for z in logits.values()) / len(logits)
+    return (log_z - positive).mean()
 
 # %% ../nbs/02_losses.ipynb #331165d9
 def score_kl(
@@ -103,26 +189,50 @@ def distill_loss(
 # %% ../nbs/02_losses.ipynb #ec470421
 @dataclass
 class InfoNCELoss:
-    "InfoNCE for `pair` and `hard_neg` data."
+    "InfoNCE for `pair` and `hard_neg` data, with the extra directions and false-negative mask of `contrastive_loss`."
 
     temperature: float = 0.02
     other_positives: bool | None = None  # other queries' positives are negatives; None: when no hard negatives
+    directions: tuple = ("query_to_doc",)  # any of DIRECTIONS
+    partition: str = "joint"  # or per_direction
+    margin: float | None = None  # drop candidates above the positive's cosine + margin; None: no mask
+    mask_hard_negatives: bool = False  # the margin drops a query's own hard negatives too
+    hardness: float = 0.0  # weight hard query→document negatives more
 
     def __call__(self, emb: dict, batch: dict) -> dict:
-        loss = info_nce(emb["query"], emb["docs"], batch["doc_index"], self.temperature, self.other_positives)
-        return {"loss": loss}
+        keys = {k: batch.get(k) for k in ("query_key", "doc_key")}
+        settings = dataclasses.asdict(self)
+        return {"loss": contrastive_loss(emb["query"], emb["docs"], batch["doc_index"], **settings, **keys)}
+
+
+def best_first(doc_index: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    "`doc_index` with each row's best-graded document moved to the front (the positive of InfoNCE)."
+    best = scores.masked_fill(doc_index < 0, float("-inf")).argmax(1)
+    rows = torch.arange(len(doc_index), device=doc_index.device)
+    out = doc_index.clone()
+    out[rows, 0], out[rows, best] = doc_index[rows, best], doc_index[rows, 0]
+    return out
 
 
 @dataclass
 class ScoreKLLoss:
-    "Per-query KL to the graded scores, for `scored` data."
+    "Per-query KL to the graded scores, for `scored` data; plus `info_nce_weight` × InfoNCE on each best-graded document."
 
     temperature: float = 0.02
     score_temperature: float | None = None  # the grades' temperature; None: `temperature`
+    info_nce_weight: float = 0.0  # Tamber et al. 2025: listwise KL + 0.1 × InfoNCE
+    info_nce: InfoNCELoss | None = None  # its settings; None: InfoNCELoss(temperature)
 
     def __call__(self, emb: dict, batch: dict) -> dict:
         graded = (batch["doc_index"], batch["scores"], self.temperature, self.score_temperature)
-        return {"loss": score_kl(emb["query"], emb["docs"], *graded)}
+        out = {"loss": score_kl(emb["query"], emb["docs"], *graded)}
+        if self.info_nce_weight:
+            contrast = self.info_nce or InfoNCELoss(self.temperature)
+            first = {**batch, "doc_index": best_first(batch["doc_index"], batch["scores"])}
+            out["kl"], out["info_nce"] = out["loss"].detach(), contrast(emb, first)["loss"]
+            out["loss"] = out["loss"] + self.info_nce_weight * out["info_nce"]
+            out["info_nce"] = out["info_nce"].detach()
+        return out
 
 
 @dataclass
@@ -139,7 +249,7 @@ class DistillLoss:
 
 # %% ../nbs/02_losses.ipynb #6521e291
 class MatryoshkaLoss:
-    "Apply `loss` to the embeddings truncated to each of `dims` and average (weighted)."
+    "Apply `loss` to the embeddings truncated to each of `dims` and sum (weighted), as the paper and sentence-transformers."
 
     def __init__(self, loss, dims: list[int], weights: list[float] | None = None):
         self.loss, self.dims = loss, sorted(dims)
@@ -155,19 +265,33 @@ class MatryoshkaLoss:
             out[f"loss@{d}"] = part["loss"].detach()
             for k, v in part.items():
                 if k != "loss":
-                    out[k] = out.get(k, 0.0) + w * v.detach() / sum(self.weights)
-        return {"loss": total / sum(self.weights), **out}
+                    out[k] = out.get(k, 0.0) + w * v.detach()
+        return {"loss": total, **out}
 
 # %% ../nbs/02_losses.ipynb #54fefa74
 def make_loss(cfg: TrainConfig, data_format: str, mrl_dims: list[int] | None = None):
     "The loss for `data_format`, wrapped in Matryoshka when `cfg.use_mrl`."
+    contrast = lambda: InfoNCELoss(
+        cfg.temperature,
+        cfg.other_positives,
+        tuple(cfg.loss_directions),
+        cfg.loss_partition,
+        cfg.false_negative_margin,
+        cfg.mask_hard_negatives,
+        cfg.hardness_strength,
+    )
     losses = {
-        "info_nce": lambda: InfoNCELoss(cfg.temperature, cfg.other_positives),
-        "score_kl": lambda: ScoreKLLoss(cfg.temperature, cfg.score_temperature),
+        "info_nce": contrast,
+        "score_kl": lambda: ScoreKLLoss(cfg.temperature, cfg.score_temperature, cfg.kl_info_nce_weight, contrast()),
         "distill": lambda: DistillLoss(
             cfg.cosine_weight, cfg.similarity_weight, cfg.triplet_weight, cfg.triplet_margin
         ),
     }
+    if cfg.loss_partition == "per_direction" and not set(cfg.loss_directions) <= {"query_to_doc", "doc_to_query"}:
+        raise ConfigError(
+            f"loss_partition per_direction takes only query_to_doc and doc_to_query, not {cfg.loss_directions}: "
+            "use loss_partition: joint"
+        )
     loss = losses[FORMATS[data_format].loss]()
     if not (cfg.use_mrl and mrl_dims):
         return loss

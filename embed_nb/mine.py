@@ -18,8 +18,8 @@ from .data import check_record, detect_format, read_jsonl
 from .evaluate import search
 
 # %% auto #0
-__all__ = ['read_corpus', 'read_mining_rows', 'MiningReport', 'mine_hard_negatives', 'plot_mining', 'make_tiny_cross_encoder',
-           'score_with_cross_encoder', 'teacher_embeddings']
+__all__ = ['read_corpus', 'read_mining_rows', 'MiningReport', 'mine_hard_negatives', 'plot_mining', 'mined_table',
+           'make_tiny_cross_encoder', 'score_with_cross_encoder', 'teacher_embeddings']
 
 # %% ../nbs/10_mine.ipynb #c293fa47
 def read_corpus(path) -> list[str]:
@@ -61,14 +61,15 @@ class MiningReport:
     dropped: int  # candidates dropped as likely false negatives
     short: int  # queries that got fewer than `num_negatives`
     skipped: int  # queries left out: no candidate survived (the hard-negative format needs one)
+    near_duplicates: int  # candidates dropped as (near) copies of a positive: same text, or cosine >= duplicate_score
     pos_scores: np.ndarray = field(repr=False)  # each query's positive score (the lowest, with several)
     neg_scores: list = field(repr=False)  # the scores of each query's kept negatives
 
     def __str__(self):
         return (
             f"{self.out}: {self.queries} queries, {self.negatives} hard negatives; {self.dropped} candidates dropped "
-            f"as likely false negatives; {self.short} queries with fewer than asked, {self.skipped} of them with none "
-            "(left out)"
+            f"as likely false negatives ({self.near_duplicates} of them copies of a positive); {self.short} queries with "
+            f"fewer than asked, {self.skipped} of them with none (left out)"
         )
 
 
@@ -131,6 +132,8 @@ def mine_hard_negatives(
     rank_range=(10, 100),  # ranks to sample from, after the positives are removed (1: the top)
     margin: float | None = 0.95,  # drop candidates scoring above margin × the positive's score (None: keep)
     max_score: float | None = None,  # drop candidates scoring above this cosine similarity (None: no limit)
+    duplicate_score: float | None = 0.98,  # drop candidates this close (cosine) to a positive, or of its text
+    pick: str = "random",  # which survivors to keep: a seeded random sample, or the "top" ranked (NV-Retriever)
     cross_encoder=None,  # a CrossEncoder (name, folder or object) that filters the candidates again
     ce_margin: float | None = 1.0,  # ... dropping those it rates above ce_margin × its rating of the positive
     batch_size: int = 64,  # texts per encoding batch
@@ -140,6 +143,8 @@ def mine_hard_negatives(
 ) -> MiningReport:
     "Mine hard negatives for each query of `data` from `corpus` and write them in the hard-negative format."
     lo, hi = _parse_range(rank_range)
+    if pick not in ("random", "top"):
+        raise ConfigError(f"pick {pick!r}: must be random or top")
     if num_negatives < 1 or num_negatives > hi - lo + 1:
         raise ConfigError(
             f"num_negatives {num_negatives}: must be between 1 and the {hi - lo + 1} ranks of range {lo}-{hi}"
@@ -169,9 +174,20 @@ def mine_hard_negatives(
     scores, found = search(q, d, k, doc_block=doc_block)
     ce, rng = _load_cross_encoder(cross_encoder), random.Random(seed)
     pos_scores, ranked, kept = [], [], []  # per query: the positive's score, the candidates in range, those kept
+    same = lambda t: " ".join(t.lower().split())  # texts equal but for case and spacing
+    pos_texts = [{same(docs[j]) for j in pids} for pids in pos_ids]
+    copies = 0
     for r, pids in enumerate(pos_ids):
         pos_scores.append(float(min(q[r] @ d[j] for j in pids)))
         ranked.append([(float(s), int(j)) for s, j in zip(scores[r], found[r]) if int(j) not in pids][lo - 1 : hi])
+        p = d[sorted(pids)]
+        copy = lambda j: (
+            same(docs[j]) in pos_texts[r]
+            or (duplicate_score is not None and float((p @ d[j]).max()) >= duplicate_score)
+        )
+        n = len(ranked[-1])
+        ranked[-1] = [(s, j) for s, j in ranked[-1] if not copy(j)]
+        copies += n - len(ranked[-1])
         limit = min(
             margin * pos_scores[-1] if margin is not None else np.inf, max_score if max_score is not None else np.inf
         )
@@ -188,9 +204,10 @@ def mine_hard_negatives(
             ce_pos = float(min(graded[len(keep) :]))
             kept[r] = [sj for sj, g in zip(keep, graded) if ce_margin is None or g <= ce_margin * ce_pos]
     lines, neg_scores, short = [], [], 0
-    dropped = sum(len(a) - len(b) for a, b in zip(ranked, kept))
+    dropped = copies + sum(len(a) - len(b) for a, b in zip(ranked, kept))
     for (_, record, _), keep in zip(rows, kept):
-        chosen = sorted(rng.sample(keep, min(num_negatives, len(keep))), reverse=True)
+        n = min(num_negatives, len(keep))
+        chosen = sorted(keep, reverse=True)[:n] if pick == "top" else sorted(rng.sample(keep, n), reverse=True)
         short += len(chosen) < num_negatives
         neg_scores.append([s for s, _ in chosen])
         if chosen:
@@ -200,7 +217,7 @@ def mine_hard_negatives(
     atomic_write(out, "\n".join(lines) + "\n")
     n = sum(map(len, neg_scores))
     skipped = len(rows) - len(lines)
-    return MiningReport(str(out), len(lines), n, dropped, short, skipped, np.array(pos_scores), neg_scores)
+    return MiningReport(str(out), len(lines), n, dropped, short, skipped, copies, np.array(pos_scores), neg_scores)
 
 # %% ../nbs/10_mine.ipynb #8d2e393d
 def plot_mining(report: MiningReport, random_scores=None, ax=None):
@@ -219,6 +236,31 @@ def plot_mining(report: MiningReport, random_scores=None, ax=None):
     ax.set(xlabel="cosine similarity to the query", ylabel="pairs")
     ax.legend(loc="upper left", frameon=False)
     return fig
+
+# %% ../nbs/10_mine.ipynb #701eb46b
+def mined_table(report: MiningReport, n: int = 5, suspect: float = 0.9, width: int = 80):
+    """The first `n` queries a mining wrote, one row per negative: its score, the positive's, and `suspect` where it
+    scores at least `suspect` × the positive's (read those before training: likely right answers nobody labelled)."""
+    import pandas as pd
+
+    written = [(p, s) for p, s in zip(report.pos_scores, report.neg_scores) if len(s)]  # the lines, in order
+    cut = lambda t: t if len(t) <= width else t[: width - 1] + "…"
+    rows = []
+    with open(report.out, encoding="utf-8") as f:
+        for line, (p, scores) in zip(f, written[:n]):
+            rec = json.loads(line)
+            for neg, s in zip(rec["neg"], scores):
+                rows.append(
+                    {
+                        "query": cut(rec["query"]),
+                        "positive": cut(rec["pos"][0]),
+                        "negative": cut(neg),
+                        "score": round(s, 3),
+                        "positive's score": round(float(p), 3),
+                        "suspect": bool(s >= suspect * p),
+                    }
+                )
+    return pd.DataFrame(rows).set_index(["query", "positive"])
 
 # %% ../nbs/10_mine.ipynb #89bc9391
 def make_tiny_cross_encoder(path, texts: list[str] = (), hidden: int = 32, seed: int = 0) -> str:

@@ -37,7 +37,7 @@ from .run_folder import Progress, RunLog, checkpoints, claim_output, finished_al
 from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
-__all__ = ['read_data', 'Run', 'train', 'launch']
+__all__ = ['MIXES', 'read_data', 'Run', 'train', 'launch']
 
 # %% ../nbs/09_train.ipynb #6eb99146
 def _optimizer(model, cfg: TrainConfig, fused: bool = False):
@@ -91,6 +91,7 @@ class Run:
             # where the run is (what a checkpoint saves), and what it has summed since the last log record
             self.progress = Progress(uuid.uuid4().hex[:12], world_size=self.world, config=dataclasses.asdict(cfg))
             self.sums, self.rng, self.first_bad, self.signal, self.started = {}, None, None, None, time.time()
+            self.kept = None  # what `keep_best` chose at the end
             set_seed(cfg.seed)
             model = self.load_model()
             self.mrl_dims, self.loss_fn = model.mrl_dims, make_loss(cfg, self.dataset.format, model.mrl_dims)
@@ -338,7 +339,7 @@ def save_model(self: Run, trained: Embedding, path: Path, meta: dict | None = No
     meta = {"run_id": p.run_id, "step": p.step, **(meta or {})}
     seconds, evaluation = time.time() - self.started, last_eval(self.out / "log.jsonl")
     rows, fmt = len(self.dataset), self.dataset.format
-    card = model_card(cfg, fmt, rows, trained.dim, self.mrl_dims, p.step, seconds, self.world, evaluation)
+    card = model_card(cfg, fmt, rows, trained.dim, self.mrl_dims, p.step, seconds, self.world, evaluation, self.kept)
     save = trained.save_pretrained if atomic else trained.write
     save(path, merge_lora=merge, meta=meta, card=card)
 
@@ -378,6 +379,54 @@ def restore_rng(self: Run):
         set_rng_state(self.rng)
         self.rng = None
 
+# %% ../nbs/09_train.ipynb #64ebde87
+MIXES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the fine-tuned weights tried against the base model's
+
+
+@patch
+def keep_best(self: Run, trained: Embedding) -> dict | None:
+    """With `eval_dataset` and `merge_base` (main process): put in `trained` the best, on the evaluation data, of the
+    fine-tuned weights and their mixes with the base model's (`MIXES`); what was tried and kept, or None."""
+    cfg = self.cfg
+    if not (self.eval_data and cfg.merge_base) or cfg.lora or cfg.compile:
+        return None  # LoRA: the base is the adapters at zero; compiled layers: other parameter names
+    dims, ks = cfg.eval_dims or self.mrl_dims, cfg.eval_k or [10]
+    metric = f"ndcg@{ks[0]}"
+    with torch.random.fork_rng(devices=[]):
+        base = {k: v.detach().cpu() for k, v in self.load_model().state_dict().items()}
+    tuned = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
+    start = time.time()
+    tried, scores = {}, {}
+    for share in MIXES:
+        mixed = {
+            k: v if not v.is_floating_point() else share * v + (1 - share) * base[k].to(v) for k, v in tuned.items()
+        }
+        trained.load_state_dict(mixed)
+        tried[share] = evaluate_retrieval(
+            trained, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32)
+        )
+        scores[share] = sum(m[metric] for m in tried[share].values()) / len(tried[share])
+    best = max(MIXES, key=lambda s: (scores[s], s))  # ties: the most fine-tuned
+    trained.load_state_dict(
+        {k: v if not v.is_floating_point() else best * v + (1 - best) * base[k].to(v) for k, v in tuned.items()}
+    )
+    trained.train()
+    kept = {"share": best, "metric": metric, "scores": {str(s): round(scores[s], 6) for s in MIXES}}
+    kept["eval"] = {str(d): m for d, m in tried[best].items()}
+    self.log.write(
+        {"step": self.progress.step, "kept": kept, "kept_s": round(time.time() - start, 2)},
+        {"kept/share": best, f"kept/{metric}": scores[best]},
+    )
+    said = {1.0: "the fine-tuned weights", 0.0: "the base model's weights (fine-tuning lowered it)"}
+    what = said.get(best, f"{best} × fine-tuned + {1 - best:g} × base weights")
+    self.bar.write(
+        f"kept {what}: mean {metric} {scores[best]:.4f} on the evaluation data "
+        f"(fine-tuned {scores[1.0]:.4f}, base {scores[0.0]:.4f})"
+    )
+    if scores[1.0] < scores[0.0]:
+        self.bar.write(f"the fine-tuned model is worse than its base on the evaluation data ({metric})")
+    return kept
+
 # %% ../nbs/09_train.ipynb #6780ad22
 @patch
 def finish(self: Run) -> Path:
@@ -385,6 +434,8 @@ def finish(self: Run) -> Path:
     self.bar.close()
     self.check_finite()
     trained = self.whole_model()
+    if self.main:
+        self.kept = self.keep_best(trained)
     spread = replica_spread(self.acc.unwrap_model(self.model)) if self.world > 1 and self.replicated else None
     if self.main:
         self.save_model(trained, self.out / "model")

@@ -39,7 +39,16 @@ def split(strategy: str) -> tuple[str, int]:
 
 
 MRL = dict(use_mrl=True, mrl_dims=[8, 32])
+# every extra of the contrastive loss at once: four directions, the false-negative mask, hardness weighting
+RECIPE = dict(
+    loss_directions=["query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc"],
+    false_negative_margin=0.05,
+    hardness_strength=2.0,
+)
+SYMMETRIC = dict(loss_directions=["query_to_doc", "doc_to_query"], loss_partition="per_direction")
 CASES = [
+    ("ddp", "pairs", RECIPE),
+    ("fsdp", "hard_neg", {**MRL, **SYMMETRIC, "false_negative_margin": 0.0, "mask_hard_negatives": True}),
     ("ddp", "hard_neg", dict(use_mrl=True, mrl_dims=[8, 16, 32])),
     ("ddp", "pairs", {}),
     ("ddp", "scored", {}),

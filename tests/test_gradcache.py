@@ -51,6 +51,31 @@ LOSSES = {
 }
 
 
+ALL = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
+# the contrastive loss's extras: data file, loss
+RECIPES = {
+    "all_directions_masked": ("pairs", lambda: InfoNCELoss(0.05, directions=ALL, margin=0.0, hardness=2.0)),
+    "symmetric_hard_neg": (
+        "hard_neg",
+        lambda: MatryoshkaLoss(InfoNCELoss(0.05, directions=ALL[:2], partition="per_direction", margin=0.0), [8, 32]),
+    ),
+    "kl_plus_info_nce": ("scored", lambda: ScoreKLLoss(0.05, info_nce_weight=0.1)),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipes_equal_to_plain(recipe, tiny_model_no_dropout):
+    "The contrastive loss's extras (directions, false-negative mask, hardness; KL + InfoNCE) through GradCache, float64."
+    data, make = RECIPES[recipe]
+    net = Embedding.from_pretrained(tiny_model_no_dropout, use_mrl=True, mrl_dims=[8, 32]).double()
+    batch = batch_of(data, net)
+    loss = make()
+    ref, ref_grads = grads_of(net, lambda: backward(loss(net(batch), batch)))
+    out, grads = grads_of(net, lambda: grad_cache(net, batch, loss, 3))
+    assert abs(out["loss"].item() - ref["loss"].item()) <= 1e-10
+    assert max_diff(grads, ref_grads) <= 1e-10
+
+
 @pytest.mark.parametrize("name,mini", [(n, m) for n in LOSSES for m in (3, 7)] + [("pairs", 1)])
 def test_equal_to_plain(name, mini, tiny_model_no_dropout):
     """Loss and every parameter gradient through GradCache equal the whole batch's (float64: only summation order
