@@ -44,6 +44,9 @@ EMBED_NB_OPTIONS = {
     "embed_nb_mask": dict(loss_directions=["query_to_doc"], false_negative_margin=0.1),
     "embed_nb_gte": dict(loss_directions=ALL_DIRECTIONS, false_negative_margin=None),
     "embed_nb_gte_mask": dict(loss_directions=ALL_DIRECTIONS, false_negative_margin=0.1),
+    "embed_nb_lr1e4": dict(lr=1e-4, loss_directions=["query_to_doc"], false_negative_margin=None),
+    "embed_nb_lr1e4_mask": dict(lr=1e-4, loss_directions=["query_to_doc"], false_negative_margin=0.1),
+    "embed_nb_t03": dict(temperature=0.03, loss_directions=["query_to_doc"], false_negative_margin=None),
     "embed_nb_sym_mask": dict(
         loss_directions=["query_to_doc", "doc_to_query"], loss_partition="per_direction", false_negative_margin=0.1
     ),

@@ -116,7 +116,9 @@ def demo(output_dir="runs/demo", data=None, model: str | None = None, **override
     model_dir = train(cfg)  # evaluates on the held-out queries at the start (the base model), during and at the end
     out = Path(output_dir)
     ev = read_eval(out)
-    before, after = ev[min(ev)], ev[max(ev)]
+    kept = [json.loads(line)["kept"] for line in open(out / "log.jsonl") if '"kept"' in line]
+    # after: what was saved, the best mix of fine-tuned and base weights (`keep_best`), else the last evaluation
+    before, after = ev[min(ev)], {int(d): m for d, m in kept[-1]["eval"].items()} if kept else ev[max(ev)]
     result = {
         "before": before,
         "after": after,

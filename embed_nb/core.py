@@ -330,6 +330,9 @@ class TrainConfig:
     cached: bool = _speed(False, "GradCache: a batch of any size in the memory of mini_batch_size rows")
     mini_batch_size: int = _speed(32, "rows embedded at once when cached", at_least(1))
     gradient_checkpointing: bool = _speed(False, "recompute activations in the backward pass: less memory, more time")
+    memory_check: bool = _speed(
+        True, "stop before step 1 when a batch of the longest texts would not fit in free memory (an estimate)"
+    )
     attention_dropout: float | None = _speed(
         None,
         "dropout of attention probabilities in training; None: the model's (BERT: 0.1); 0: a cheaper step",

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import functools
+import random
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .card import last_eval, model_card
 from .core import ConfigError, RunStopped, TrainConfig, begin_folder, load_config, publish_folder, stop_signals
-from .data import EmbeddingDataset, make_loader
+from .data import DEFAULT_NEG_NUMS, EmbeddingDataset, make_loader
 from .distributed import barrier, check_fsdp_layers, check_strategy, full_state_dict, gather_batch
 from .distributed import gather_plain, launch_one_process, launch_processes, make_accelerator, no_zero3_init
 from .distributed import process_rank, process_settings, progress_bar, replica_spread, reset_accelerate_state
@@ -37,7 +38,7 @@ from .run_folder import Progress, RunLog, checkpoints, claim_output, finished_al
 from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
-__all__ = ['MIXES', 'read_data', 'Run', 'train', 'launch']
+__all__ = ['MIXES', 'read_data', 'Run', 'activation_gib', 'free_gib', 'train', 'launch']
 
 # %% ../nbs/09_train.ipynb #6eb99146
 def _optimizer(model, cfg: TrainConfig, fused: bool = False):
@@ -96,6 +97,7 @@ class Run:
             model = self.load_model()
             self.mrl_dims, self.loss_fn = model.mrl_dims, make_loss(cfg, self.dataset.format, model.mrl_dims)
             loader = make_loader(self.dataset, model.tokenizer, cfg, self.world, self.rank, self.acc.device)
+            self.check_memory(model, loader)
             self.sampler = loader.batch_sampler  # this process's slice of each global batch
             self.model, self.optimizer, self.loader = self.prepare(model, loader)
             steps_per_epoch = math.ceil(len(self.loader) / cfg.gradient_accumulation_steps)
@@ -166,6 +168,74 @@ def description(self: Run, settings: dict) -> dict:
         "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+# %% ../nbs/09_train.ipynb #a12f08d6
+def activation_gib(
+    model: Embedding,
+    texts: dict,  # {tokens: how many texts of that length} in one forward pass
+    mixed_precision: str = "no",
+    checkpointing: bool = False,
+) -> float:
+    """Rough memory (GiB) of the activations one forward-backward keeps: per transformer layer and text of s tokens,
+    s·h·(34 + 5·a·s/h) bytes in 16-bit (Korthikanti et al. 2022, BERT-like layers), twice that in float32; with
+    gradient checkpointing each layer keeps its input only, and one layer is recomputed at a time."""
+    c = model.transformer.config
+    h, layers, heads = c.hidden_size, c.num_hidden_layers, getattr(c, "num_attention_heads", 1)
+    scale = 1 if mixed_precision in ("fp16", "bf16") else 2
+    layer = lambda s: s * h * (34 + 5 * heads * s / h) * scale
+    if checkpointing:
+        per_text = lambda s: layers * 2 * s * h * scale + layer(s)
+    else:
+        per_text = lambda s: layers * layer(s)
+    return sum(n * per_text(s) for s, n in texts.items()) / 2**30
+
+
+def free_gib(device: torch.device, processes: int = 1) -> float | None:
+    "Memory free for one of `processes` processes: the GPU's, or on CPU this machine's MemAvailable (None: unknown)."
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**30
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(info["MemAvailable"].split()[0]) / 2**20 / processes
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+@patch
+def check_memory(self: Run, model: Embedding, loader):
+    """Stop before step 1, with one line that says what to change, when a batch of the longest texts of the data would
+    not fit in free memory (the `memory_check` key turns it off)."""
+    cfg, ds = self.cfg, self.dataset
+    if not cfg.memory_check:
+        return
+    free = free_gib(self.acc.device, int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
+    if free is None:
+        return
+    rng = random.Random(0)
+    sample = rng.sample(ds.examples, min(len(ds.examples), 2000))
+    caches = loader.collate_fn.caches
+    longest = lambda texts, n: int(caches[n].estimate_lengths(texts).max()) if texts else 0
+    q_len = longest([ex["query"] for ex in sample], cfg.query_max_len)
+    d_len = longest([t for ex in sample for t in ex.get("pos", []) + ex.get("neg", [])], cfg.passage_max_len)
+    if ds.spec.hard_negatives:
+        negs = max(len(ex["neg"]) for ex in ds.examples)
+        docs = 1 + (min(negs, DEFAULT_NEG_NUMS) if cfg.neg_nums is None else cfg.neg_nums)
+    else:
+        docs = max((len(ex.get("pos", [])) for ex in sample), default=0) if ds.spec.graded else int(ds.spec.documents)
+    rows = min(cfg.batch_size, len(ds))
+    if cfg.cached:  # GradCache keeps one mini-batch's activations at a time
+        texts = {max(q_len, d_len if docs else 0): min(cfg.mini_batch_size, rows * (1 + docs))}
+    else:
+        texts = {q_len: rows}
+        texts[d_len] = texts.get(d_len, 0) + rows * docs
+    need = activation_gib(model, texts, cfg.mixed_precision, cfg.gradient_checkpointing)
+    if need > free:
+        raise ConfigError(
+            f"a batch of {rows} queries and {rows * docs} documents of up to {d_len} tokens needs about {need:.0f} GiB "
+            f"for activations, {free:.0f} GiB are free: set cached: true (GradCache), or lower batch_size"
+            + (", neg_nums" if ds.spec.hard_negatives else "")
+            + " or passage_max_len (memory_check: false skips this estimate)"
+        )
 
 # %% ../nbs/09_train.ipynb #48b41208
 @patch
