@@ -21,7 +21,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-HIDDEN = ("worker", "data", "out", "corpus_file")  # options only a script's own worker processes get
+HIDDEN = ("worker", "data", "out", "corpus_file", "tune_data")  # options only a script's own worker processes get
 ALL_DIRECTIONS = ["query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc"]
 sys.path.insert(0, str(ROOT))
 # embed_nb's contenders in the comparisons: each one's options over the defaults
@@ -47,6 +47,8 @@ EMBED_NB_OPTIONS = {
     "embed_nb_lr1e4": dict(lr=1e-4, loss_directions=["query_to_doc"], false_negative_margin=None),
     "embed_nb_lr1e4_mask": dict(lr=1e-4, loss_directions=["query_to_doc"], false_negative_margin=0.1),
     "embed_nb_t03": dict(temperature=0.03, loss_directions=["query_to_doc"], false_negative_margin=None),
+    # keep_best: the best mix of fine-tuned and base weights, chosen on valid questions the report never uses (TUNE)
+    "embed_nb_merge": dict(eval_dataset="TUNE", merge_base=True),
     "embed_nb_sym_mask": dict(
         loss_directions=["query_to_doc", "doc_to_query"], loss_partition="per_direction", false_negative_margin=0.1
     ),

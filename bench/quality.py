@@ -26,7 +26,7 @@ from common import train_pairs, write_jsonl
 
 
 def parse(argv=None):
-    p = parser(__doc__, "worker", "data", "out")
+    p = parser(__doc__, "worker", "data", "out", "tune_data")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -38,6 +38,9 @@ def parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--seeds", type=int, default=1, help="training seeds (seed, seed+1, ...): mean and spread per dimension"
+    )
+    p.add_argument(
+        "--training-seeds", default=None, help="the training seeds, a comma list (default: seed .. seed + seeds - 1)"
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bf16", action="store_true")
@@ -68,6 +71,19 @@ def valid_data(n_queries: int, n_docs: int, seed: int):
     return RetrievalData(queries, corpus, qrels)
 
 
+def tuning_data(exclude: set, n_queries: int, per_query: int, seed: int, path: Path) -> Path:
+    """Valid questions not in `exclude` (the reported ones), as a jsonl file in the hard-negative format: each with its
+    answers and `per_query` answers of its candidate pool; what `merge_base` chooses on (never the reported set)."""
+    questions, pool = insuranceqa("valid")
+    rest = [q for q in questions if q["query"] not in exclude]
+    random.Random(seed + 1).shuffle(rest)
+    with open(path, "w", encoding="utf-8") as f:
+        for q in rest[:n_queries]:
+            negs = [pool[a] for a in q["negatives"] if a not in q["answers"]][:per_query]
+            f.write(json.dumps({"query": q["query"], "pos": [pool[a] for a in q["answers"]], "neg": negs}) + "\n")
+    return path
+
+
 def train_worker(a) -> dict:
     start = time.perf_counter()
     dims = mrl_dims(a.mrl)
@@ -75,7 +91,7 @@ def train_worker(a) -> dict:
     if a.worker.startswith("embed_nb"):
         from embed_nb.train import train
 
-        options = EMBED_NB_OPTIONS[a.worker]
+        options = {k: a.tune_data if v == "TUNE" else v for k, v in EMBED_NB_OPTIONS[a.worker].items()}
         train(embed_nb_config(a, dims, output_dir=a.out, max_steps=a.steps, epochs=1000, log_interval=10, **options))
     else:
         model, make_trainer = sentence_transformers_side(a, dims, loss=ST_LOSSES[a.worker])
@@ -99,10 +115,13 @@ def main(argv=None):
     data = write_jsonl(pairs, tmp / "train_pairs.jsonl")
     worker_args = passthrough(a, "steps", "batch_size", "lr", "temperature", "mrl", "max_seq_length", "device", "bf16")
     valid = valid_data(a.queries, a.corpus, a.seed)
+    tune = tuning_data(set(valid.queries.values()), 300, 5, a.seed, tmp / "tune.jsonl")
     print(f"valid: {valid}", file=sys.stderr)
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
     models, trained = {"base": None}, {}
-    for s in range(a.seed, a.seed + a.seeds):  # the same pairs and valid set; the training seed changes
+    seeds = [int(x) for x in a.training_seeds.split(",")] if a.training_seeds else list(range(a.seed, a.seed + a.seeds))
+    a.seeds = len(seeds)
+    for s in seeds:  # the same pairs and valid set; the training seed changes
         for c in contenders:
             name = c if a.seeds == 1 else f"{c} seed {s}"
             res = run_worker(
@@ -112,6 +131,7 @@ def main(argv=None):
                     f"--data={data}",
                     f"--out={tmp / name.replace(' ', '_')}",
                     f"--seed={s}",
+                    f"--tune-data={tune}",
                     *worker_args,
                 ],
                 timeout=6 * 3600,
@@ -132,7 +152,7 @@ def main(argv=None):
             c: {
                 str(d): (
                     lambda v: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v)}
-                )([metrics[f"{c} seed {s}"][str(d)]["ndcg@10"] for s in range(a.seed, a.seed + a.seeds)])
+                )([metrics[f"{c} seed {s}"][str(d)]["ndcg@10"] for s in seeds])
                 for d in dims
             }
             for c in contenders
@@ -142,10 +162,10 @@ def main(argv=None):
                 str(d): {
                     "ndcg@10": spread[c][str(d)]["mean"],
                     "recall@10": statistics.mean(
-                        metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in range(a.seed, a.seed + a.seeds)
+                        metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in seeds
                     ),
                     "mrr@10": statistics.mean(
-                        metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in range(a.seed, a.seed + a.seeds)
+                        metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in seeds
                     ),
                 }
                 for d in dims

@@ -247,7 +247,9 @@ class TrainConfig:
     overwrite_output_dir: bool = _output(
         False, "start afresh in an output_dir holding a run (its model, checkpoints and logs are deleted)", new=True
     )
-    temperature: float = _optim(0.02, "InfoNCE and KL logits are cosine / temperature", positive)
+    temperature: float = _optim(
+        0.05, "InfoNCE and KL logits are cosine / temperature (the original trainer's default: 0.02)", positive
+    )
     score_temperature: float | None = _optim(
         None, "temperature of the grades of scored data; None: temperature", positive, new=True
     )
@@ -272,7 +274,7 @@ class TrainConfig:
         new=True,
     )
     false_negative_margin: float | None = _optim(
-        None,
+        0.1,
         "InfoNCE drops candidates above the positive's cosine + this, or of the positive's text; None: off",
         at_least(0),
         new=True,
@@ -288,7 +290,7 @@ class TrainConfig:
     )
     epochs: int = _optim(2, "passes over the data", at_least(1))
     max_steps: int | None = _optim(None, "stop after this many optimizer steps", at_least(1), new=True)
-    lr: float = _optim(2e-5, "peak learning rate of AdamW", positive)
+    lr: float = _optim(5e-5, "peak learning rate of AdamW (the original trainer's default: 2e-5)", positive)
     batch_size: int = _optim(32, "rows per process and micro-batch", at_least(1))
     negatives_cross_device: bool | None = _optim(
         None, "contrast with the embeddings of all processes; None: on with several", new=True
