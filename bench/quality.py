@@ -119,7 +119,9 @@ def main(argv=None):
     print(f"valid: {valid}", file=sys.stderr)
     contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
     models, trained = {"base": None}, {}
-    seeds = [int(x) for x in a.training_seeds.split(",")] if a.training_seeds else list(range(a.seed, a.seed + a.seeds))
+    seeds = (
+        [int(x) for x in a.training_seeds.split(",")] if a.training_seeds else list(range(a.seed, a.seed + a.seeds))
+    )
     a.seeds = len(seeds)
     for s in seeds:  # the same pairs and valid set; the training seed changes
         for c in contenders:
@@ -161,12 +163,8 @@ def main(argv=None):
             metrics[c] = {
                 str(d): {
                     "ndcg@10": spread[c][str(d)]["mean"],
-                    "recall@10": statistics.mean(
-                        metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in seeds
-                    ),
-                    "mrr@10": statistics.mean(
-                        metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in seeds
-                    ),
+                    "recall@10": statistics.mean(metrics[f"{c} seed {s}"][str(d)]["recall@10"] for s in seeds),
+                    "mrr@10": statistics.mean(metrics[f"{c} seed {s}"][str(d)]["mrr@10"] for s in seeds),
                 }
                 for d in dims
             }
