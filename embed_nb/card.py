@@ -165,7 +165,8 @@ def model_card(
             what = {1.0: "the fine-tuned weights", 0.0: "the base model's weights: fine-tuning lowered the score"}
             lines += [
                 f"Kept {what.get(s, f'{s} × the fine-tuned weights + {1 - s:g} × the base model' + chr(39) + 's')}, the "
-                f"best mean {metric} on `{cfg.eval_dataset}` of the mixes tried (share of the fine-tuned weights: "
+                f"most fine-tuned of the mixes within 0.005 of the best mean {metric} on `{cfg.eval_dataset}` (mean {metric} by "
+                "share of the fine-tuned weights: "
                 + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items())
                 + "). The choice was made on this data, so the numbers below flatter the model a little.",
                 "",

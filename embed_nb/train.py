@@ -38,7 +38,7 @@ from .run_folder import Progress, RunLog, checkpoints, claim_output, finished_al
 from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
-__all__ = ['MIXES', 'read_data', 'Run', 'activation_gib', 'free_gib', 'train', 'launch']
+__all__ = ['MIXES', 'MIX_TOLERANCE', 'read_data', 'Run', 'activation_gib', 'free_gib', 'train', 'launch']
 
 # %% ../nbs/09_train.ipynb #6eb99146
 def _optimizer(model, cfg: TrainConfig, fused: bool = False):
@@ -451,6 +451,7 @@ def restore_rng(self: Run):
 
 # %% ../nbs/09_train.ipynb #64ebde87
 MIXES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the fine-tuned weights tried against the base model's
+MIX_TOLERANCE = 0.005  # a less fine-tuned mix is kept only when it beats every more fine-tuned one by more than this
 
 
 @patch
@@ -476,7 +477,8 @@ def keep_best(self: Run, trained: Embedding) -> dict | None:
             trained, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32)
         )
         scores[share] = sum(m[metric] for m in tried[share].values()) / len(tried[share])
-    best = max(MIXES, key=lambda s: (scores[s], s))  # ties: the most fine-tuned
+    top = max(scores.values())  # the most fine-tuned share within the tolerance of the best: near-ties are noise
+    best = max(s for s in MIXES if scores[s] >= top - MIX_TOLERANCE)
     trained.load_state_dict(
         {k: v if not v.is_floating_point() else best * v + (1 - best) * base[k].to(v) for k, v in tuned.items()}
     )
