@@ -468,20 +468,18 @@ def keep_best(self: Run, trained: Embedding) -> dict | None:
     tuned = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
     start = time.time()
     tried, scores = {}, {}
+    mix = lambda share: {
+        k: share * v + (1 - share) * base[k].to(v) if v.is_floating_point() else v for k, v in tuned.items()
+    }
     for share in MIXES:
-        mixed = {
-            k: v if not v.is_floating_point() else share * v + (1 - share) * base[k].to(v) for k, v in tuned.items()
-        }
-        trained.load_state_dict(mixed)
+        trained.load_state_dict(mix(share))
         tried[share] = evaluate_retrieval(
             trained, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32)
         )
         scores[share] = sum(m[metric] for m in tried[share].values()) / len(tried[share])
     top = max(scores.values())  # the most fine-tuned share within the tolerance of the best: near-ties are noise
     best = max(s for s in MIXES if scores[s] >= top - MIX_TOLERANCE)
-    trained.load_state_dict(
-        {k: v if not v.is_floating_point() else best * v + (1 - best) * base[k].to(v) for k, v in tuned.items()}
-    )
+    trained.load_state_dict(mix(best))
     trained.train()
     kept = {"share": best, "metric": metric, "scores": {str(s): round(scores[s], 6) for s in MIXES}}
     kept["eval"] = {str(d): m for d, m in tried[best].items()}
