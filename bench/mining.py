@@ -1,15 +1,18 @@
 """Hard-negative mining on InsuranceQA: what it costs and what it buys.
 
-Three fine-tunings of the embedded all-MiniLM-L6-v2 at the same budget (steps, batch, lr, seed, Matryoshka dims), each a
-fresh process: in-batch negatives only ({query, pos}); the dataset's own negatives (each train question's candidate
-pool, 3 sampled per query per epoch); negatives mined by `embed_nb.mine.mine_hard_negatives` with the base model from a
-corpus of the train answers and their pool answers (ranks 10-100, margin 0.95, 3 per query). Then nDCG@10 / Recall@10
+Up to four fine-tunings (`--arms`) of the embedded all-MiniLM-L6-v2 at the same budget (steps, batch, lr, seed,
+Matryoshka dims) with embed_nb's default loss (false-negative mask on), each a fresh process: in-batch negatives only
+({query, pos}); the dataset's own negatives (each train question's candidate pool, 3 sampled per query per epoch);
+negatives mined by `embed_nb.mine.mine_hard_negatives` with the base model from a corpus of the train answers and their
+pool answers (its defaults but ranks 10-100, margin 0.95, 3 per query); the same mined negatives with the mask applied
+to them too (`mask_hard_negatives`). Then nDCG@10 / Recall@10
 on InsuranceQA valid (never test) at each Matryoshka dimension. Mining speed: documents and queries embedded per second
 and the mining process's peak resident memory.
 
-    .venv/bin/python bench/mining.py --steps 40 --queries 1280         # CPU, ~30 min on 2 cores
+    .venv/bin/python bench/mining.py --steps 40 --queries 1280         # CPU, ~45 min on 2 cores
 """
 
+import argparse
 import json
 import random
 import sys
@@ -21,6 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import embed_nb_config, insuranceqa, markdown_table, mrl_dims, parser, passthrough, peak_rss_mib, report
 from common import run_worker, save
 from quality import valid_data
+
+
+ARMS = {  # fine-tuning → (its data file's stem, what it adds to the config)
+    "in-batch only": ("pairs", {}),
+    "dataset negatives": ("dataset_neg", {}),
+    "mined negatives": ("mined", {}),
+    "mined negatives + mask": ("mined", {"mask_hard_negatives": True}),
+}
 
 
 def parse(argv=None):
@@ -38,6 +49,10 @@ def parse(argv=None):
     p.add_argument("--valid-corpus", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="mining_cpu")
+    p.add_argument(
+        "--arms", default=",".join(ARMS), help=f"comma-separated fine-tunings to run, of: {', '.join(ARMS)}"
+    )
+    p.add_argument("--mask-hard-negatives", action="store_true", help=argparse.SUPPRESS)  # set by the arm
     return p.parse_args(argv)
 
 
@@ -74,6 +89,7 @@ def train_worker(a) -> dict:
     from embed_nb.train import train
 
     options = dict(output_dir=a.out, max_steps=a.steps, epochs=1000, log_interval=10, neg_nums=a.neg_nums)
+    options["mask_hard_negatives"] = a.mask_hard_negatives  # the false-negative mask also on the mined negatives
     start = time.perf_counter()
     train(embed_nb_config(a, mrl_dims(a.mrl), **options))  # as quality.py's embed_nb, with negatives
     return {"model": str(Path(a.out) / "model"), "train_s": time.perf_counter() - start}
@@ -123,9 +139,14 @@ def main(argv=None):
     valid = valid_data(a.valid_queries, a.valid_corpus, a.seed)
     dims = mrl_dims(a.mrl)
     models, training = {"base model": None}, {}
-    for name, path in files.items():
+    for i, name in enumerate(n.strip() for n in a.arms.split(",")):
+        if name not in ARMS:
+            raise SystemExit(f"--arms: {name!r} is not one of {', '.join(ARMS)}")
+        path, extra = tmp / f"{ARMS[name][0]}.jsonl", ["--mask-hard-negatives"] if ARMS[name][1] else []
         training[name] = run_worker(
-            Path(__file__), ["--worker=train", f"--data={path}", f"--out={tmp / path.stem}", *common], timeout=6 * 3600
+            Path(__file__),
+            ["--worker=train", f"--data={path}", f"--out={tmp / f'arm{i}'}", *common, *extra],
+            timeout=6 * 3600,
         )
         models[name] = training[name]["model"]
         print(f"trained {name} in {training[name]['train_s']:.0f} s", file=sys.stderr, flush=True)

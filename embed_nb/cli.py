@@ -154,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["ddp", "fsdp", "deepspeed"],
         help="ddp, or fsdp / deepspeed (which shard, on one process too)",
     )
-    t.add_argument("--zero-stage", type=int, default=2, choices=[1, 2, 3], help="DeepSpeed ZeRO stage")
+    t.add_argument(
+        "--zero-stage",
+        type=int,
+        default=None,
+        choices=[1, 2, 3],
+        help="DeepSpeed ZeRO stage (--strategy deepspeed; 2)",
+    )
     t.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in output_dir")
     t.add_argument("--overwrite", action="store_true", help="start afresh in an output_dir that holds a run")
     e = sub.add_parser("eval", help="retrieval metrics of a model per Matryoshka dimension")
@@ -215,17 +221,30 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/12_cli.ipynb #5fd35b44
 def run_train(a) -> Path:
     "`embed-nb train`: one process, or `--num-processes` launched ones."
-    from embed_nb.train import launch, train
-
     overrides = parse_overrides(a.set)
     if a.resume:
         overrides["resume_from_checkpoint"] = "auto"
     if a.overwrite:
         overrides["overwrite_output_dir"] = True
+    if overrides.get("resume_from_checkpoint") and overrides.get("overwrite_output_dir") is True:
+        raise EmbedNbError(
+            "--resume (resume_from_checkpoint) and --overwrite (overwrite_output_dir) contradict each other: go on from "
+            "the last checkpoint or start afresh, choose one"
+        )
+    if a.zero_stage is not None and a.strategy != "deepspeed":
+        from embed_nb.distributed import launched_with_deepspeed
+
+        if launched_with_deepspeed():  # `accelerate launch` with a DeepSpeed config: the stage is that config's
+            raise EmbedNbError("--zero-stage: under accelerate launch, set zero_stage in its DeepSpeed config instead")
+        raise EmbedNbError(
+            f"--zero-stage applies to --strategy deepspeed, not {a.strategy}: add --strategy deepspeed or leave it out"
+        )
     if a.num_processes < 1:
         raise EmbedNbError(f"--num-processes must be at least 1, got {a.num_processes}")
+    from embed_nb.train import launch, train  # (after the checks above, which answer at once)
+
     if a.num_processes > 1 or a.strategy != "ddp":  # FSDP or DeepSpeed on one process shard too
-        saved = launch(a.config, a.num_processes, a.strategy, a.zero_stage, **overrides)
+        saved = launch(a.config, a.num_processes, a.strategy, a.zero_stage or 2, **overrides)
     else:
         saved = train(a.config, **overrides)
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import os
 import shutil
 import signal
@@ -21,10 +22,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['INCOMPLETE', 'positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'FIELD_TYPES', 'EmbedNbError', 'ConfigError',
-           'DataError', 'RunStopped', 'stop_signals', 'atomic_write', 'begin_folder', 'publish_folder', 'atomic_folder',
-           'remove_folder', 'recover_folder', 'check_complete', 'at_least', 'one_of', 'option', 'TrainConfig',
-           'config_keys', 'describe_config', 'coerce', 'load_config', 'parse_overrides']
+__all__ = ['INCOMPLETE', 'positive', 'LORA_KEYS', 'lora_rule', 'ALIASES', 'OTHER_NAMES', 'FIELD_TYPES', 'EmbedNbError',
+           'ConfigError', 'DataError', 'RunStopped', 'stop_signals', 'atomic_write', 'begin_folder', 'publish_folder',
+           'atomic_folder', 'remove_folder', 'recover_folder', 'check_complete', 'at_least', 'one_of', 'option',
+           'TrainConfig', 'config_keys', 'describe_config', 'coerce', 'load_config', 'parse_overrides']
 
 # %% ../nbs/00_core.ipynb #7e681776
 class EmbedNbError(Exception):
@@ -245,7 +246,12 @@ class TrainConfig:
         None, "auto (the newest checkpoint in output_dir, if any) or a checkpoint folder: go on from there", new=True
     )
     overwrite_output_dir: bool = _output(
-        False, "start afresh in an output_dir holding a run (its model, checkpoints and logs are deleted)", new=True
+        False,
+        "start afresh in an output_dir holding a run (its model, checkpoints and logs go once the new run trains a step)",
+        new=True,
+    )
+    resume_changed_data: bool = _output(
+        False, "resume even though the training data changed since the checkpoint (refused otherwise)", new=True
     )
     temperature: float = _optim(
         0.05, "InfoNCE and KL logits are cosine / temperature (the original trainer's default: 0.02)", positive
@@ -350,6 +356,24 @@ class TrainConfig:
 
 
 ALIASES = {"teatch_emebedding_dim": "teacher_embedding_dim"}
+OTHER_NAMES = {  # keys other trainers (transformers, sentence-transformers) use, and embed_nb's names for them
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "max_seq_length": "query_max_len and passage_max_len",
+    "max_length": "query_max_len and passage_max_len",
+    "warmup_ratio": "warmup_proportion",
+    "model_name": "model_name_or_path",
+    "model": "model_name_or_path",
+    "bf16": "mixed_precision: bf16",
+    "fp16": "mixed_precision: fp16",
+    "report_to": "log_with",
+    "logging_steps": "log_interval",
+    "save_total_limit": "num_max_checkpoints",
+    "matryoshka_dims": "use_mrl: true and mrl_dims",
+}
 
 # %% ../nbs/00_core.ipynb #53642c0a
 def _default(f: dataclasses.Field):
@@ -445,16 +469,37 @@ _SCALARS = {bool: _bool, int: _int, float: _float, str: _str, dict: _dict}
 FIELD_TYPES = typing.get_type_hints(TrainConfig)
 
 
-def _key_lines(text: str) -> dict:
-    "Line number of each top-level key of a yaml text."
-    node = yaml.compose(text)
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
+def _key_lines(text: str, source=None) -> dict:
+    "Line number of each top-level key of a yaml text; a key given twice is a ConfigError (yaml keeps the last)."
+    node, lines = yaml.compose(text), {}
+    for k, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+        if k.value in lines:
+            raise ConfigError(
+                f"{source}:{k.start_mark.line + 1}: '{k.value}' is given twice (first on line {lines[k.value]}): "
+                "keep one"
+            )
+        lines[k.value] = k.start_mark.line + 1
+    return lines
+
+
+def _not_a_file(path: Path, what: str = "file") -> str:
+    "Why `path`, which is not a file, cannot be read: a folder, a link that leads nowhere or in a loop, or missing."
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError) as e:  # a loop: RuntimeError before Python 3.13, then OSError ELOOP
+            if isinstance(e, RuntimeError) or e.errno == errno.ELOOP:
+                return "is a symbolic link in a loop"
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    return f"{what} not found" if not path.exists() else "not a regular file"
 
 
 def _read_yaml(source: Path) -> tuple[dict, dict]:
     "The mapping of a yaml config file and the line of each key."
     if not source.is_file():
-        raise ConfigError(f"{source}: config file not found")
+        raise ConfigError(f"{source}: {_not_a_file(source, 'config file')}")
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as e:
@@ -462,7 +507,7 @@ def _read_yaml(source: Path) -> tuple[dict, dict]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}: not UTF-8 text (byte {e.start})") from None
     try:
-        raw, lines = yaml.safe_load(text) or {}, _key_lines(text)
+        raw, lines = yaml.safe_load(text) or {}, _key_lines(text, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or e
@@ -479,9 +524,9 @@ def _coerce_all(raw: dict, where) -> dict:
         name = ALIASES.get(key, key)
         if name not in FIELD_TYPES:
             close = difflib.get_close_matches(key, list(FIELD_TYPES) + list(ALIASES), n=1, cutoff=0.5)
-            raise ConfigError(
-                f"{where(key)}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-            )
+            hint = f" (embed_nb calls it {OTHER_NAMES[key]})" if key in OTHER_NAMES else ""
+            hint = hint or (f" (did you mean '{close[0]}'?)" if close else "")
+            raise ConfigError(f"{where(key)}: unknown key '{key}'{hint}")
         try:
             values[name] = coerce(value, FIELD_TYPES[name])
         except (ValueError, TypeError) as e:

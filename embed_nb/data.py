@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .core import DataError, TrainConfig
+from .core import DataError, TrainConfig, _not_a_file
 
 # %% auto #0
-__all__ = ['FORMATS', 'DEFAULT_NEG_NUMS', 'DataFormat', 'detect_format', 'check_record', 'read_jsonl', 'read_examples',
-           'sample_negatives', 'load_teacher_vectors', 'EmbeddingDataset', 'text_key', 'Collator', 'padded_width',
-           'TokenCache', 'CachedCollator', 'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches',
-           'BatchSampler', 'padding_fraction', 'row_texts', 'make_loader']
+__all__ = ['FORMATS', 'MAX_SCORE', 'DEFAULT_NEG_NUMS', 'CHARS_PER_TOKEN', 'DataFormat', 'detect_format', 'check_record',
+           'read_jsonl', 'read_examples', 'sample_negatives', 'load_teacher_vectors', 'EmbeddingDataset', 'text_key',
+           'clip', 'Collator', 'padded_width', 'TokenCache', 'CachedCollator', 'pack_batches', 'pack_partial',
+           'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction', 'row_texts', 'make_loader']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -78,6 +78,9 @@ def _text_list(record, key):
         return f"'{key}'[{bad}] must be a non-empty string, got {json.dumps(v[bad])[:60]}"
 
 # %% ../nbs/01_data.ipynb #c5292fbc
+MAX_SCORE = 1e6  # the largest grade: far above any grading scale or logit, far below float32's overflow
+
+
 def check_record(
     record,  # one parsed line
     path,  # the file, for messages
@@ -111,12 +114,44 @@ def check_record(
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in s
         ):
             raise fail(f"'scores' must be a list of finite numbers, got {json.dumps(s)[:60]}")
+        if big := next((x for x in s if abs(x) > MAX_SCORE), None):  # / a temperature, in float32: inf, then nan
+            raise fail(f"'scores' must lie within ±{MAX_SCORE:g} (grades or a cross-encoder's logits), got {big:g}")
         if len(s) != len(out["pos"]):
             raise fail(f"'scores' has {len(s)} values but 'pos' has {len(out['pos'])} documents")
         out["scores"] = [float(x) for x in s]
     return out
 
 # %% ../nbs/01_data.ipynb #1f91778b
+class _Twice(ValueError):
+    "A key given twice in one JSON object."
+
+
+def _unique_keys(pairs: list) -> dict:
+    "A JSON object's dict; a key given twice is an error (json keeps the last one silently)."
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen = set()
+        raise _Twice(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # the escape of a surrogate: a pair is one character once parsed
+
+
+def _lone_surrogate(value, where: str = "") -> str | None:
+    "Where in a parsed JSON value a string holds a lone surrogate (which no text encoding can write), or None."
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"{where or 'a text'} (at character {e.start + 1})"
+    elif isinstance(value, dict):
+        return next((w for k, v in value.items() if (w := _lone_surrogate(v, f"'{k}'"))), None)
+    elif isinstance(value, list):
+        return next((w for j, v in enumerate(value) if (w := _lone_surrogate(v, f"{where}[{j}]"))), None)
+    return None
+
+
 def read_jsonl(path):
     "The `(line number, record)` of each non-blank line of a jsonl file; a line that is not JSON is a `DataError`."
     try:
@@ -134,16 +169,27 @@ def read_jsonl(path):
             if not text.strip():
                 continue
             try:
-                yield i, json.loads(text)
+                record = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as e:
                 raise DataError(path, i, f"invalid JSON ({e.msg} at column {e.colno})") from None
+            except _Twice as e:
+                raise DataError(
+                    path, i, f"'{e.args[0]}' is given twice in this line (JSON keeps the last): keep one"
+                ) from None
+            if _SURROGATE.search(text) and (where := _lone_surrogate(record)):
+                raise DataError(
+                    path,
+                    i,
+                    f"{where} holds a lone surrogate (an escape such as \\ud800 that is half of a pair): not text",
+                )
+            yield i, record
 
 
 def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict]]:
     "Read and validate a training jsonl file: `(format, examples)`."
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, None, "file not found")
+        raise DataError(path, None, _not_a_file(path))
     fmt, first, examples = None, None, []
     for i, record in read_jsonl(path):
         ex = check_record(record, path, i, query_prompt)
@@ -287,6 +333,20 @@ def text_key(text: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+CHARS_PER_TOKEN = 32  # a text longer than this many characters a token of its limit is cut before tokenising
+
+
+def clip(text: str, max_len: int) -> str:
+    """`text`, or, when it is far longer than `max_len` tokens can hold, its first words: `CHARS_PER_TOKEN` characters a
+    token of the limit, cut at a space. Tokenising a huge text then costs what its limit allows, and gives the same
+    first `max_len` tokens unless the text averages more than `CHARS_PER_TOKEN` characters a token."""
+    limit = CHARS_PER_TOKEN * max_len
+    if len(text) <= limit:
+        return text
+    space = max(text.rfind(c, limit // 2, limit + 1) for c in " \n\t")
+    return text[: space if space > 0 else limit]
+
+
 class Collator:
     "Tokenise dataset rows into a batch padded to its longest sequence."
 
@@ -294,9 +354,8 @@ class Collator:
         self.tokenizer, self.query_max_len, self.passage_max_len = tokenizer, query_max_len, passage_max_len
 
     def tokenize(self, texts, max_len):
-        return dict(
-            self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        )
+        texts = [clip(t, max_len) for t in texts]
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt"))
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {"query": self.tokenize([it["query"] for it in items], self.query_max_len)}
@@ -345,7 +404,8 @@ class TokenCache:
         new = list(dict.fromkeys(t for t in texts if t not in self.ids))
         for s in range(0, len(new), chunk):
             part = new[s : s + chunk]
-            enc = (tokenizer or self.tokenizer)(part, truncation=True, max_length=self.max_len, padding=False)
+            clipped = [clip(t, self.max_len) for t in part]
+            enc = (tokenizer or self.tokenizer)(clipped, truncation=True, max_length=self.max_len, padding=False)
             self.ids.update((t, np.asarray(e, dtype=np.int32)) for t, e in zip(part, enc["input_ids"]))
 
     def estimate_lengths(self, texts, sample: int = 256) -> np.ndarray:
@@ -353,7 +413,7 @@ class TokenCache:
         probe = list(dict.fromkeys(texts))[:sample]
         self.add(probe)
         special = len(self.tokenizer("")["input_ids"])  # e.g. [CLS] and [SEP]
-        pieces = lambda t: len(_PIECES.findall(t))
+        pieces = lambda t: len(_PIECES.findall(clip(t, self.max_len)))
         rate = max(sum(len(self.ids[t]) - special for t in probe), 1) / max(sum(pieces(t) for t in probe), 1)
         guess = lambda t: min(self.max_len, special + math.ceil(pieces(t) * rate))  # a sample gives the rate
         return np.array([len(self.ids[t]) if t in self.ids else guess(t) for t in texts])

@@ -360,9 +360,21 @@ def make_accelerator(cfg: TrainConfig, strategy: str | None = None, zero_stage: 
         and not (launched_with_deepspeed() or fsdp_yaml)
     ):
         extra["cpu"] = True  # torchrun on CPUs: else accelerate leaves the processes unconnected, each its own model
+    precision = cfg.mixed_precision
+    if (
+        precision == "fp16"
+        and not torch.cuda.is_available()
+        and strategy != "deepspeed"
+        and not launched_with_deepspeed()
+    ):
+        precision = "no"  # accelerate would say fp16 and train in float32: it is said, and recorded, as it is
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(
+                "mixed_precision: fp16: this machine has no GPU, and CPUs train in float32 here (bf16 works on CPUs)"
+            )
     try:
         acc = Accelerator(
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=precision,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             log_with=_tracker(cfg),
             project_dir=cfg.output_dir,

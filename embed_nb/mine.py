@@ -5,15 +5,23 @@
 # %% ../nbs/10_mine.ipynb #2743b749
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import logging
+import os
 import random
+import re
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .core import ConfigError, DataError, atomic_write
+from .core import ConfigError, DataError, EmbedNbError, _sibling, atomic_write
 from .data import check_record, detect_format, read_jsonl
 from .evaluate import search
 
@@ -96,20 +104,125 @@ def _load_encoder(model):
     return Embedding.from_pretrained(model)
 
 
+def _same_file(a, b) -> bool:
+    "Whether `a` and `b` name one file: the same path, or links (symbolic or hard) to one file."
+    with contextlib.suppress(OSError):
+        if Path(a).exists() and Path(b).exists():
+            return os.path.samefile(a, b)
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _check_out(out, **inputs):
+    "Before any work: refuse an `out` that is one of the `inputs` (writing it would replace it), or in a folder not writable."
+    for name, path in inputs.items():
+        if path is not None and _same_file(out, path):
+            raise ConfigError(
+                f"out {out} is the same file as the {name} {path}: writing it would replace the input; choose another out"
+            )
+    folder = Path(os.path.abspath(out)).parent
+    try:
+        fd, test = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(test)
+    except OSError as e:
+        raise ConfigError(f"out {out}: cannot write in {folder}: {e.strerror or e}") from None
+
+
+def _write_output(out, text: str):
+    "`atomic_write`, with an OSError (a full disk, a file too large) as one line and no partial file left."
+    try:
+        atomic_write(out, text)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            _sibling(Path(out), "tmp").unlink(missing_ok=True)
+        raise EmbedNbError(f"out {out}: could not write it ({e.strerror or e}); nothing was written") from None
+
+
+_NOT_CE = (  # the end of the message for a model that is not a cross-encoder
+    "not a cross-encoder: give a CrossEncoder, which grades query and document read together "
+    "(e.g. cross-encoder/ms-marco-MiniLM-L6-v2)"
+)
+
+
+def _not_a_cross_encoder(path) -> str | None:
+    "Why the model folder `path` is no cross-encoder (a bi-encoder, an encoder without a classification head), or None."
+    p = Path(path)
+    if not p.is_dir():
+        return None
+
+    def read(name) -> dict:
+        with contextlib.suppress(OSError, ValueError):
+            d = json.loads((p / name).read_text())
+            return d if isinstance(d, dict) else {}
+        return {}
+
+    if (p / "modules.json").is_file():  # a sentence-transformers folder: its kind, read as sentence-transformers does
+        kind = read("config_sentence_transformers.json").get("model_type", "SentenceTransformer")
+        if kind == "SentenceTransformer":
+            return f"{path} is a bi-encoder (sentence-transformers embedding model), {_NOT_CE}"
+        return None if kind == "CrossEncoder" else f"{path} is a sentence-transformers {kind}, {_NOT_CE}"
+    arch = read("config.json").get("architectures") or []
+    if arch and all(str(a).endswith("Model") for a in arch):  # BertModel & co: no head, a random one would be added
+        return f"{path} is a bare {', '.join(map(str, arch))} without a classification head, {_NOT_CE}"
+    return None
+
+
+def _tells(record) -> bool:
+    "Whether a log record says that the model loaded is no cross-encoder: a bi-encoder converted, a head made at random."
+    m = record.getMessage()
+    return "Converting SentenceTransformer model" in m or bool(
+        "newly initialized" in m and re.search(r"\b(classifier|score)\.", m)
+    )
+
+
+class _Heard(logging.Handler):
+    "The log records that `_tells` of, while it is attached."
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.said = []
+
+    def emit(self, record):
+        if _tells(record):
+            self.said.append(record.getMessage())
+
+
 def _load_cross_encoder(cross_encoder):
-    "A sentence-transformers `CrossEncoder` from a name or folder; an object with `predict` as it is."
+    "A sentence-transformers `CrossEncoder` from a name or folder (not a bi-encoder); an object with `predict` as it is."
     if cross_encoder is None or not isinstance(cross_encoder, (str, Path)):
         return cross_encoder
+    if why := _not_a_cross_encoder(cross_encoder):
+        raise ConfigError(why)
     from sentence_transformers import CrossEncoder
 
     from embed_nb.model import quiet_hub_bars
 
+    # what sentence-transformers and transformers log while loading tells a bi-encoder or a random head (a name on the
+    # hub, or a folder that did not say): heard here, and kept out of the log, since the error says it in one line
+    heard, quiet = _Heard(), lambda record: not _tells(record)
+    loggers = [logging.getLogger(n) for n in ("sentence_transformers", "transformers")]
+    others = {h for lg in [*loggers, logging.getLogger()] for h in lg.handlers} | ({logging.lastResort} - {None})
+    for h in others:
+        h.addFilter(quiet)
+    for lg in loggers:
+        lg.addHandler(heard)
     try:
         with quiet_hub_bars():
-            return CrossEncoder(str(cross_encoder), device="cpu")
+            ce = CrossEncoder(str(cross_encoder), device="cpu")
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cross-encoder: cannot load {str(cross_encoder)!r}: {first}") from None
+    finally:
+        for lg in loggers:
+            lg.removeHandler(heard)
+        for h in others:
+            h.removeFilter(quiet)
+    said = "\n".join(heard.said)
+    if "Converting SentenceTransformer model" in said:
+        raise ConfigError(f"{cross_encoder} is a bi-encoder (sentence-transformers embedding model), {_NOT_CE}")
+    if said:
+        raise ConfigError(f"{cross_encoder} has no trained classification head (it would be random), {_NOT_CE}")
+    return ce
 
 
 def _unit_encode(model, texts: list[str], batch_size: int, bar=None, chunk: int = 1024) -> np.ndarray:
@@ -142,6 +255,7 @@ def mine_hard_negatives(
     doc_block: int = 16384,  # documents scored at a time (memory)
 ) -> MiningReport:
     "Mine hard negatives for each query of `data` from `corpus` and write them in the hard-negative format."
+    _check_out(out, data=data, corpus=corpus)
     lo, hi = _parse_range(rank_range)
     if pick not in ("random", "top"):
         raise ConfigError(f"pick {pick!r}: must be random or top")
@@ -166,13 +280,14 @@ def mine_hard_negatives(
         pos_ids.append(ids)
     if len(docs) - max(map(len, pos_ids)) < lo:
         raise ConfigError(f"range {lo}-{hi}: the corpus has only {len(docs)} documents")
+    ce = _load_cross_encoder(cross_encoder)  # before the embedding pass: a wrong model fails first
     enc = _load_encoder(model)
     with tqdm(total=len(rows) + len(docs), desc="embedding queries and corpus", unit="text") as bar:
         q = _unit_encode(enc, [c["query"] for _, _, c in rows], batch_size, bar)
         d = _unit_encode(enc, docs, batch_size, bar)
     k = min(len(docs), hi + max(map(len, pos_ids)))
     scores, found = search(q, d, k, doc_block=doc_block)
-    ce, rng = _load_cross_encoder(cross_encoder), random.Random(seed)
+    rng = random.Random(seed)
     pos_scores, ranked, kept = [], [], []  # per query: the positive's score, the candidates in range, those kept
     same = lambda t: " ".join(t.lower().split())  # texts equal but for case and spacing
     pos_texts = [{same(docs[j]) for j in pids} for pids in pos_ids]
@@ -214,7 +329,7 @@ def mine_hard_negatives(
             lines.append(json.dumps({**record, "neg": [docs[j] for _, j in chosen]}, ensure_ascii=False))
     if not lines:
         raise ConfigError(f"no query kept a negative: loosen margin ({margin}) or max_score, or widen the range")
-    atomic_write(out, "\n".join(lines) + "\n")
+    _write_output(out, "\n".join(lines) + "\n")
     n = sum(map(len, neg_scores))
     skipped = len(rows) - len(lines)
     return MiningReport(str(out), len(lines), n, dropped, short, skipped, copies, np.array(pos_scores), neg_scores)
@@ -298,6 +413,7 @@ def score_with_cross_encoder(
     digits: int = 4,  # decimals kept
 ) -> int:
     "Grade every document of every line of `data` with a cross-encoder; write the `scored` format; return lines written."
+    _check_out(out, data=data)
     rows = read_mining_rows(data)
     ce = _load_cross_encoder(cross_encoder)
     pairs, lines = [], []
@@ -314,7 +430,7 @@ def score_with_cross_encoder(
         scores = [round(float(g), digits) for g in grades[at : at + len(docs)]]
         lines.append(json.dumps({**keep, "pos": docs, "scores": scores}, ensure_ascii=False))
         at += len(docs)
-    atomic_write(out, "\n".join(lines) + "\n")
+    _write_output(out, "\n".join(lines) + "\n")
     return len(lines)
 
 # %% ../nbs/10_mine.ipynb #9f0e07f6
@@ -330,6 +446,39 @@ def _teacher_texts(path) -> list[str]:
     return texts
 
 
+def _fingerprint(path) -> dict:
+    "Size, modification time and blake2b hash of a file: what tells whether it changed."
+    st, h = os.stat(path), hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": h.hexdigest()}
+
+
+def _allocate(path, nbytes: int):
+    "A file of `nbytes` zero bytes, its blocks reserved where the system can: a full disk fails here, not midway."
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, nbytes)
+        except (AttributeError, OSError) as e:  # no posix_fallocate (macOS), or a file system without it
+            if isinstance(e, OSError) and e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            f.truncate(nbytes)
+
+
+def _stale(old: dict, meta: dict, out: Path, data) -> str | None:
+    "Why the vectors in `out` (its json: `old`) are not those of `data` as it is now, or None."
+    what = "vectors" if old.get("complete") else "partial vectors"
+    fp, now = old.get("data_fingerprint") or {}, meta["data_fingerprint"] or {}
+    if not fp:
+        return f"{out.name}.json holds no fingerprint of {data} (an older embed_nb wrote it): its {what} cannot be checked"
+    if (fp.get("size"), fp.get("blake2b")) != (now.get("size"), now.get("blake2b")) or old.get("rows") != meta["rows"]:
+        return f"{data} changed since these {what} were written"
+    if out.stat().st_size != meta["rows"] * meta["dim"] * 4:
+        return f"it has {out.stat().st_size} bytes, not {meta['rows']} rows x {meta['dim']} float32"
+    return None
+
+
 def teacher_embeddings(
     teachers,  # one or two teacher models: names, folders, or objects with `encode`
     data,  # jsonl file whose lines' `query` texts are embedded
@@ -343,8 +492,12 @@ def teacher_embeddings(
     prompts = list(prompts) if prompts is not None else [""] * len(teachers)
     if len(prompts) != len(teachers):
         raise ConfigError(f"{len(prompts)} prompts for {len(teachers)} teachers: give one per teacher")
-    texts, out = _teacher_texts(data), Path(out)
+    out = Path(out)
     side = out.with_name(out.name + ".json")
+    _check_out(out, data=data)
+    _check_out(side, data=data)
+    fingerprint = _fingerprint(data) if Path(data).is_file() else None  # before reading: a change shows at a rerun
+    texts = _teacher_texts(data)
     names = [t if isinstance(t, (str, Path)) else type(t).__name__ for t in teachers]
     models = [_load_encoder(t) for t in teachers]
     widths = [int(np.asarray(m.encode(texts[:1])).shape[1]) for m in models]
@@ -356,10 +509,11 @@ def teacher_embeddings(
         widths=widths,
         prompts=prompts,
         data=str(data),
+        data_fingerprint=fingerprint,
         done_rows=0,
         complete=False,
     )
-    done = 0
+    done, fresh = 0, True
     if out.exists() and not side.is_file():
         raise DataError(
             out,
@@ -377,30 +531,40 @@ def teacher_embeddings(
                 + (f" ({' + '.join(map(str, widths))})" if len(widths) > 1 else "")
                 + ": delete it or write to another file",
             )
-        if {k: old.get(k) for k in ("rows", "teachers", "prompts", "data")} != {
-            k: meta[k] for k in ("rows", "teachers", "prompts", "data")
+        if {k: old.get(k) for k in ("teachers", "prompts", "data")} != {
+            k: meta[k] for k in ("teachers", "prompts", "data")
         }:
             raise DataError(
                 out, None, f"was written for other data or teachers ({side.name}): delete it or write to another file"
             )
-        if old.get("complete"):
+        if why := _stale(old, meta, out, data):  # the same file name, other texts: its rows would be stale
+            print(f"{out}: {why}: computing them again", file=sys.stderr, flush=True)
+        elif old.get("complete"):
             return old
-        done = int(old.get("done_rows", 0))
-    atomic_write(
-        side, json.dumps({**meta, "done_rows": done}, indent=1) + "\n"
-    )  # first: a kill leaves a resumable pair
-    vecs = np.memmap(out, dtype=np.float32, mode="r+" if done else "w+", shape=(len(texts), meta["dim"]))
-    bar = tqdm(total=len(texts), initial=done, desc="teacher embeddings", unit="text")
-    for start in range(done, len(texts), chunk):
-        part = texts[start : start + chunk]
-        vecs[start : start + len(part)] = np.concatenate(
-            [_unit_encode(m, [p + t for t in part], batch_size) for m, p in zip(models, prompts)], axis=1
-        )
-        vecs.flush()
-        meta["done_rows"] = start + len(part)
-        meta["complete"] = meta["done_rows"] == len(texts)
-        atomic_write(side, json.dumps(meta, indent=1) + "\n")
-        bar.update(len(part))
-    bar.close()
-    del vecs
+        else:
+            done, fresh = int(old.get("done_rows", 0)), False
+    try:
+        # the json first: a kill leaves a resumable pair
+        atomic_write(side, json.dumps({**meta, "done_rows": done}, indent=1) + "\n")
+        if fresh:
+            _allocate(out, len(texts) * meta["dim"] * 4)
+        vecs = np.memmap(out, dtype=np.float32, mode="r+", shape=(len(texts), meta["dim"]))
+        bar = tqdm(total=len(texts), initial=done, desc="teacher embeddings", unit="text")
+        for start in range(done, len(texts), chunk):
+            part = texts[start : start + chunk]
+            vecs[start : start + len(part)] = np.concatenate(
+                [_unit_encode(m, [p + t for t in part], batch_size) for m, p in zip(models, prompts)], axis=1
+            )
+            vecs.flush()
+            meta["done_rows"] = start + len(part)
+            meta["complete"] = meta["done_rows"] == len(texts)
+            atomic_write(side, json.dumps(meta, indent=1) + "\n")
+            bar.update(len(part))
+        bar.close()
+        del vecs
+    except OSError as e:  # a full disk, a file too large: one line; a file begun here goes (a resumed one stays)
+        for p in [_sibling(side, "tmp"), *([out, side] if fresh else [])]:
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
+        raise EmbedNbError(f"out {out}: could not write it ({e.strerror or e})") from None
     return meta

@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
 import random
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +31,10 @@ from embed_nb.core import (
 )
 
 # %% auto #0
-__all__ = ['LOCK', 'STATE', 'RESUME_FREE', 'checkpoints', 'rotate_checkpoints', 'run_state', 'check_lock', 'Claim',
-           'claim_output', 'finished_already', 'versions', 'RunLog', 'Progress', 'rng_state', 'set_rng_state',
-           'check_resume', 'resumed_description', 'save_trainer_state', 'load_trainer_state']
+__all__ = ['LOCK', 'STATE', 'FILES', 'ASIDE', 'RESUME_FREE', 'DATA_KEYS', 'checkpoints', 'rotate_checkpoints', 'run_state',
+           'file_sizes', 'damage', 'check_lock', 'Claim', 'claim_output', 'finished_already', 'versions', 'RunLog',
+           'Progress', 'rng_state', 'set_rng_state', 'file_hash', 'data_fingerprint', 'data_changed', 'check_resume',
+           'resumed_description', 'save_trainer_state', 'load_trainer_state']
 
 # %% ../nbs/07_run_folder.ipynb #4985a270
 LOCK, STATE = ".lock", "trainer_state"
@@ -43,7 +46,10 @@ def checkpoints(out, run_id: str | None = None) -> list[Path]:
     for p in Path(out).glob("checkpoint-*"):
         meta = p / "embed_nb.json"
         if p.is_dir() and meta.is_file() and not (p / INCOMPLETE).exists():
-            m = json.loads(meta.read_text())
+            try:
+                m = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue  # damaged: not a checkpoint to resume from or to rotate (`damage` says why)
             if run_id is None or m.get("run_id") == run_id:
                 found.append((m.get("step", 0), m.get("position", [0, 0]), p.name, p))
     return [p for *_, p in sorted(found)]
@@ -67,6 +73,69 @@ def run_state(out: Path) -> str:
         return "finished"
     return "unfinished" if any(out.glob("checkpoint-*")) or (out / "log.jsonl").exists() else "none"
 
+# %% ../nbs/07_run_folder.ipynb #acae54e37e7d407bbb7b55eff062a284
+FILES = "files.json"  # a checkpoint's list of its files and their sizes
+
+
+def file_sizes(folder) -> dict:
+    "The size of each file under `folder`, by its path relative to `folder` (what `files.json` records)."
+    folder, marks = Path(folder), {INCOMPLETE, FILES}  # the mark of a folder being written goes when it is published
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in marks
+    }
+
+
+def _file_damage(f: Path, size: int | None = None) -> str | None:
+    "What is wrong with file `f` (written `size` bytes long, where known), read as its kind says, or None."
+    try:
+        actual = f.stat().st_size
+        if size is not None and actual != size:
+            return f"{actual} bytes where {size} were written"
+        if f.suffix == ".json":
+            try:
+                json.loads(f.read_text())
+            except ValueError:
+                return "not valid JSON" if actual else "empty"
+        elif f.suffix == ".safetensors":
+            with open(f, "rb") as h:
+                n = int.from_bytes(h.read(8), "little")
+                try:
+                    header = json.loads(h.read(n)) if n <= actual else None
+                    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                    return "truncated or not a safetensors file"
+            if 8 + n + max(ends, default=0) != actual:
+                return f"{actual} bytes where its header says {8 + n + max(ends, default=0)}"
+        elif f.suffix in (".bin", ".pt", ".pkl"):
+            if not zipfile.is_zipfile(f):
+                return "truncated or not a torch file"
+            if size is None:  # no size recorded: read it all through (its checksums)
+                with zipfile.ZipFile(f) as z:
+                    if (bad := z.testzip()) is not None:
+                        return f"its part {bad} fails its checksum"
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"unreadable ({getattr(e, 'strerror', None) or e})"
+    return None
+
+
+def damage(folder) -> str | None:
+    "What is wrong with the files of checkpoint `folder` (the first problem found), or None when it reads whole."
+    folder, listed = Path(folder), {}
+    if (folder / FILES).is_file():
+        if problem := _file_damage(folder / FILES):
+            return f"{FILES}: {problem}"
+        listed = json.loads((folder / FILES).read_text())
+    for name in ["embed_nb.json", *listed]:
+        if not (folder / name).is_file():
+            return f"{name}: missing"
+    for f in sorted(folder.rglob("*")):
+        name = str(f.relative_to(folder))
+        if f.is_file() and name != FILES and (problem := _file_damage(f, listed.get(name))):
+            return f"{name}: {problem}"
+    return None
+
 # %% ../nbs/07_run_folder.ipynb #284fa76e
 def _alive(pid: int) -> bool:
     try:
@@ -86,7 +155,12 @@ def check_lock(out: Path):
     except FileNotFoundError:
         return
     except (OSError, ValueError):
-        other = {}
+        other = None
+    if not isinstance(other, dict) or "pid" not in other:
+        raise ConfigError(
+            f"output_dir {out} has a lock file that names no run (empty or damaged): if no run is going in it, "
+            f"delete {lock}"
+        )
     pid = other.get("pid")
     if other.get("host") == platform.node() and not (isinstance(pid, int) and pid > 0 and _alive(pid)):
         return
@@ -109,8 +183,9 @@ def _take_lock(out: Path):
         f.write(me)
 
 # %% ../nbs/07_run_folder.ipynb #db18355e
-def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
-    "The checkpoint to resume from: the one named, the newest resumable one in `out` (auto), or None."
+def _resume_point(cfg: TrainConfig, out: Path, say: bool = False) -> Path | None:
+    """The checkpoint to resume from: the one named, or (auto) the newest resumable one in `out` that is not damaged,
+    or None; `say`: print which damaged checkpoints it passed over."""
     want = cfg.resume_from_checkpoint
     if not want:
         return None
@@ -119,17 +194,54 @@ def _resume_point(cfg: TrainConfig, out: Path) -> Path | None:
         check_complete(p)
         if not (p / STATE / "progress.json").is_file():
             raise ConfigError(f"resume_from_checkpoint: {p} is not a checkpoint to resume from (no {STATE}/)")
+        if why := damage(p):
+            raise ConfigError(f"resume_from_checkpoint: {p} is damaged: {why}")
         return p
-    return next((p for p in reversed(checkpoints(out)) if (p / STATE / "progress.json").is_file()), None)
+    listed, skipped, found = checkpoints(out), [], None
+    for p in sorted(out.glob("checkpoint-*")):  # a damaged record: not listed by `checkpoints`
+        if p.is_dir() and p not in listed and not (p / INCOMPLETE).exists() and (why := damage(p)):
+            skipped.append(f"{p.name} ({why})")
+    for p in reversed(listed):
+        if (p / STATE / "progress.json").is_file():
+            if not (why := damage(p)):
+                found = p
+                break
+            skipped.append(f"{p.name} ({why})")
+    if skipped and found is None:
+        raise ConfigError(
+            f"resume_from_checkpoint: no checkpoint in {out} can be resumed: {'; '.join(skipped)}. Start afresh "
+            "with overwrite_output_dir: true"
+        )
+    if skipped and say:
+        print(f"resuming from {found.name}, the newest whole checkpoint: passed over {'; '.join(skipped)}")
+    return found
 
 
-def _clear_run(out: Path):
-    "Delete what a previous run left in `out`: model, checkpoints, logs."
-    for p in [out / "model", *out.glob("checkpoint-*"), out / "tensorboard", out / "embed_nb"]:
-        if p.is_dir():
-            remove_folder(p)
-    for name in ("run.json", "log.jsonl"):
-        (out / name).unlink(missing_ok=True)
+ASIDE = ".previous-run"  # where a run started afresh keeps the old run until its own first step
+
+
+def _run_files(out: Path) -> list[Path]:
+    "What a run leaves in `out`: model, checkpoints, logs."
+    names = ["model", *sorted(p.name for p in out.glob("checkpoint-*")), "tensorboard", "embed_nb", "run.json"]
+    return [out / n for n in [*names, "log.jsonl"] if (out / n).exists()]
+
+
+def _set_aside(out: Path) -> Path:
+    "Move what a previous run left in `out` into `out/.previous-run` (renames: nothing is copied); that folder."
+    aside = out / ASIDE
+    aside.mkdir()
+    for p in _run_files(out):
+        p.rename(aside / p.name)
+    return aside
+
+
+def _put_back(out: Path):
+    "Put back the run `_set_aside` moved, in place of what the run that replaced it left."
+    for p in _run_files(out):
+        remove_folder(p) if p.is_dir() else p.unlink()
+    for p in (out / ASIDE).iterdir():
+        p.rename(out / p.name)
+    (out / ASIDE).rmdir()
 
 
 @dataclass
@@ -140,10 +252,21 @@ class Claim:
     resume: Path | None
     locked: bool
     created: bool  # the run made the folder: it goes again if the run leaves nothing in it
+    aside: bool = False  # the previous run is set aside until this one has trained a step
+
+    def started(self):
+        "The run has trained a step: the previous run it replaces goes for good."
+        if self.aside:
+            remove_folder(self.out / ASIDE)
+            self.aside = False
 
     def release(self):
-        "Let go of the lock (and of the folder, when this run created it and left nothing in it)."
+        """Let go of the lock (and of the folder, when this run created it and left nothing in it); a run that stops
+        before its first step puts back the run it was to replace."""
         if self.locked:
+            if self.aside:
+                _put_back(self.out)
+                self.aside = False
             (self.out / LOCK).unlink(missing_ok=True)
             self.locked = False
             if self.created and self.out.is_dir() and not any(self.out.iterdir()):
@@ -152,12 +275,18 @@ class Claim:
 # %% ../nbs/07_run_folder.ipynb #6cd78b01
 def _check_output(cfg: TrainConfig, out: Path) -> tuple[str, Path | None]:
     "What `out` holds and the checkpoint to resume from; ConfigError when the config does not say what to do with it."
+    if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
+        raise ConfigError(
+            "resume_from_checkpoint and overwrite_output_dir contradict each other: go on from a checkpoint or start "
+            "afresh, choose one"
+        )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} is a file, not a folder")
     if (out / "model").exists() and not (out / "model").is_dir():
         raise ConfigError(f"output_dir: {out / 'model'} is a file, where the run would save its model")
-    state = run_state(out) if out.is_dir() else "none"
-    resume = _resume_point(cfg, out)
+    aside = out / ASIDE  # a run set aside by one that never trained a step (killed) comes back first: it counts
+    state = run_state(aside if aside.is_dir() else out) if out.is_dir() else "none"
+    resume = _resume_point(cfg, out) if not aside.is_dir() else None
     if state != "none" and not (cfg.resume_from_checkpoint or cfg.overwrite_output_dir):
         raise ConfigError(
             f"output_dir {out} holds {'a finished' if state == 'finished' else 'an unfinished'} run: "
@@ -189,18 +318,40 @@ def claim_output(cfg: TrainConfig, take: bool = True, follow: bool = False) -> C
         raise ConfigError(f"output_dir: cannot write in {out}: {e.strerror}") from None
     _take_lock(out)
     claim = Claim(out, resume, True, created)
-    for c in [out / "model", *out.glob("checkpoint-*")]:
-        recover_folder(c)
-    for tmp in [*out.glob(".*.tmp*"), *out.glob(".*.old-*"), *out.glob(".*.del-*")]:  # left by kills
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-    if resume is None and state != "none":
-        _clear_run(out)  # overwrite_output_dir, or resume of a run that left no checkpoint: start afresh
+    try:
+        if (out / ASIDE).is_dir():
+            _put_back(out)
+            print(
+                f"{out}: put back the run that a run started afresh had set aside (it stopped before its first step)"
+            )
+        for c in [out / "model", *out.glob("checkpoint-*")]:
+            recover_folder(c)
+        for tmp in [*out.glob(".*.tmp*"), *out.glob(".*.old-*"), *out.glob(".*.del-*")]:  # left by kills
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        state, claim.resume = run_state(out), _resume_point(cfg, out, say=True)
+        if cfg.resume_from_checkpoint == "auto" and claim.resume is None:
+            what = "no run" if state == "none" else "no checkpoint"
+            print(f"resume_from_checkpoint: auto: {out} holds {what} to resume from: starting afresh")
+        if claim.resume is None and state != "none":  # overwrite_output_dir, or nothing to resume: start afresh
+            claim.aside = bool(_set_aside(out))  # kept until the new run has trained a step
+    except BaseException:
+        claim.release()
+        raise
     return claim
 
 # %% ../nbs/07_run_folder.ipynb #e112174c
 def finished_already(cfg: TrainConfig) -> bool:
     "Whether `resume_from_checkpoint: auto` finds the run finished (a retry after the end): nothing to do then."
     out = Path(cfg.output_dir)
+    if int(os.environ.get("RANK", 0)) == 0 and (out / ASIDE).is_dir():  # left by a run killed before its first step
+        try:
+            check_lock(out)
+            _put_back(out)
+            print(
+                f"{out}: put back the run that a run started afresh had set aside (it stopped before its first step)"
+            )
+        except (ConfigError, OSError):  # a run going on in it, or a folder this process may not change
+            pass
     done = cfg.resume_from_checkpoint == "auto" and not cfg.overwrite_output_dir and out.is_dir()
     if not (done and run_state(out) == "finished"):
         return False
@@ -208,7 +359,7 @@ def finished_already(cfg: TrainConfig) -> bool:
         try:
             check_lock(out)
             (out / LOCK).unlink(missing_ok=True)  # stale: left by a run killed after it had finished
-        except ConfigError:
+        except (ConfigError, OSError):  # a live run's, or a folder this process may read but not change
             pass
         print(f"{out} holds a finished run: nothing to resume ({out / 'model'})")
     return True
@@ -282,6 +433,7 @@ class Progress:
     world_size: int = 1
     elapsed_s: float = 0.0  # training time before the checkpoint
     config: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)  # `data_fingerprint` of the files it trains on
 
     def save(self, folder):
         "Write `progress.json` in `folder`."
@@ -291,6 +443,8 @@ class Progress:
     def load(cls, folder) -> Progress:
         "Read `progress.json` from `folder`."
         fields = json.loads((Path(folder) / "progress.json").read_text())
+        if not isinstance(fields, dict) or not set(fields) <= {f.name for f in dataclasses.fields(cls)} | {"position"}:
+            raise ConfigError(f"{Path(folder) / 'progress.json'}: not a record of a run's progress")
         if "position" in fields:  # written by embed_nb 0.1.0
             fields["epoch"], fields["batch"] = fields.pop("position")
         return cls(**fields)
@@ -315,11 +469,50 @@ def set_rng_state(state: dict):
 # %% ../nbs/07_run_folder.ipynb #181290ff
 RESUME_FREE = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "log_with", "num_max_checkpoints"}
 RESUME_FREE |= {"save_steps", "save_on_epoch_end", "eval_dataset", "eval_steps", "eval_dims", "eval_k", "merge_base"}
-RESUME_FREE |= {"memory_check"}
+RESUME_FREE |= {"memory_check", "resume_changed_data"}
+
+
+DATA_KEYS = ("train_dataset", "train_dataset_vec")  # the files a run trains on
+
+
+def file_hash(path, chunk: int = 1 << 22) -> str:
+    "A blake2b hash of the bytes of file `path`."
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_fingerprint(cfg: TrainConfig) -> dict:
+    "Size, modification time and content hash of each file the run trains on, by its config key."
+    out = {}
+    for key in DATA_KEYS:
+        if path := getattr(cfg, key):
+            st = Path(path).stat()
+            out[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": file_hash(path)}
+    return out
+
+
+def data_changed(saved: dict, cfg: TrainConfig) -> str | None:
+    "How a file of `cfg` differs from its `saved` fingerprint (its content: a touched copy is the same), or None."
+    for key, old in saved.items():
+        path = getattr(cfg, key, None)
+        st = Path(path).stat() if path and Path(path).is_file() else None
+        if st is None:
+            return f"{key} {path}: gone"
+        if (st.st_size, st.st_mtime_ns) == (old["size"], old["mtime_ns"]):
+            continue  # unchanged, as far as the file system says: no need to read it
+        if st.st_size != old["size"]:
+            return f"{path} holds {st.st_size} bytes where it held {old['size']}"
+        if file_hash(path) != old["blake2b"]:
+            return f"{path} holds other bytes (of the same size)"
+    return None
 
 
 def check_resume(progress: Progress, cfg: TrainConfig, world_size: int, ckpt: Path):
-    "Raise ConfigError when `cfg` or `world_size` would train otherwise than the run that saved checkpoint `ckpt`."
+    """Raise ConfigError when `cfg` or `world_size` would train otherwise than the run that saved checkpoint `ckpt`,
+    or on data that changed since (unless `resume_changed_data`)."""
     for k, v in dataclasses.asdict(cfg).items():
         if k not in RESUME_FREE and progress.config.get(k) != v:
             raise ConfigError(
@@ -331,13 +524,21 @@ def check_resume(progress: Progress, cfg: TrainConfig, world_size: int, ckpt: Pa
             f"resume_from_checkpoint: {ckpt} was trained on {progress.world_size} processes, this run has "
             f"{world_size}: resume with as many"
         )
+    if not cfg.resume_changed_data and (changed := data_changed(progress.data, cfg)):
+        raise ConfigError(
+            f"resume_from_checkpoint: the data changed since {ckpt} was saved: {changed}. Resuming would train on "
+            "other data: put the run's data back, start afresh with overwrite_output_dir: true, or set "
+            "resume_changed_data: true to go on with the data as it is"
+        )
 
 
 def resumed_description(out: Path, ckpt: Path, step: int, description: dict) -> dict:
     "What `run.json` says of a resumed run: the stopped run's description, and where it was resumed from."
     previous = out / "run.json"
-    if previous.is_file():
+    try:
         description = {k: v for k, v in json.loads(previous.read_text()).items() if k != "stopped"}
+    except (OSError, ValueError, AttributeError):  # none, or damaged: this run's own description
+        pass
     description.setdefault("resumed", []).append({"from": str(ckpt), "step": step, "at": time.strftime("%FT%T")})
     return description
 
@@ -354,6 +555,20 @@ def load_trainer_state(accelerator, ckpt: Path, rank: int, cfg: TrainConfig, wor
     "Load checkpoint `ckpt` into `accelerator` if `cfg` trains as its run did: its `Progress`, this process's RNG, sums."
     progress = Progress.load(ckpt / STATE)
     check_resume(progress, cfg, world_size, ckpt)
-    accelerator.load_state(str(ckpt / STATE))
-    mine = torch.load(ckpt / STATE / f"rank_{rank}.pt", map_location="cpu", weights_only=False)
-    return progress, mine["rng"], mine["sums"]
+    try:
+        accelerator.load_state(str(ckpt / STATE))
+        mine = torch.load(ckpt / STATE / f"rank_{rank}.pt", map_location="cpu", weights_only=False)
+        return progress, mine["rng"], mine["sums"]
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as e:  # read whole, not loadable
+        raise ConfigError(
+            f"resume_from_checkpoint: {ckpt} cannot be loaded ({type(e).__name__}: {str(e).strip()[:120]}): resume "
+            "from an older checkpoint (resume_from_checkpoint: its folder), or start afresh with "
+            "overwrite_output_dir: true"
+        ) from None

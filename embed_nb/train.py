@@ -11,20 +11,24 @@ import math
 import os
 import functools
 import random
+import shutil
 import signal
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import set_seed
 from fastcore.basics import patch
+from safetensors import SafetensorError
 from transformers import get_cosine_schedule_with_warmup
 
 from .card import last_eval, model_card
-from .core import ConfigError, RunStopped, TrainConfig, begin_folder, load_config, publish_folder, stop_signals
+from .core import ConfigError, RunStopped, TrainConfig, atomic_write, begin_folder, load_config, publish_folder
+from .core import stop_signals
 from .data import DEFAULT_NEG_NUMS, EmbeddingDataset, make_loader
 from .distributed import barrier, check_fsdp_layers, check_strategy, full_state_dict, gather_batch
 from .distributed import gather_plain, launch_one_process, launch_processes, make_accelerator, no_zero3_init
@@ -34,11 +38,12 @@ from .evaluate import evaluate as evaluate_retrieval, load_retrieval_data
 from .gradcache import grad_cache
 from .losses import make_loss
 from .model import Embedding
-from .run_folder import Progress, RunLog, checkpoints, claim_output, finished_already, load_trainer_state
+from .run_folder import FILES, Progress, RunLog, checkpoints, claim_output, data_fingerprint, file_sizes
+from .run_folder import finished_already, load_trainer_state
 from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
-__all__ = ['MIXES', 'MIX_TOLERANCE', 'read_data', 'Run', 'activation_gib', 'free_gib', 'train', 'launch']
+__all__ = ['MIXES', 'MIX_TOLERANCE', 'read_data', 'notices', 'Run', 'activation_gib', 'free_gib', 'train', 'launch']
 
 # %% ../nbs/09_train.ipynb #6eb99146
 def _optimizer(model, cfg: TrainConfig, fused: bool = False):
@@ -60,7 +65,28 @@ def read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
             "distillation reads {query} lines"
         )
     evaluation = load_retrieval_data(cfg.eval_dataset, query_prompt=cfg.query_prompt) if cfg.eval_dataset else None
+    if int(os.environ.get("RANK", 0)) == 0:
+        for line in notices(cfg, dataset):
+            print(line)
     return dataset, evaluation
+
+
+def notices(cfg: TrainConfig, dataset: EmbeddingDataset) -> list[str]:
+    "Lines to read before a run: settings of `cfg` that do less, or other, than they seem to on `dataset`."
+    out = []
+    if cfg.mrl_dims and not cfg.use_mrl:
+        out.append(
+            f"mrl_dims {cfg.mrl_dims} is set but use_mrl is false: the model trains at its full width only "
+            "(use_mrl: true trains those dimensions)"
+        )
+    most = max((len(e.get("neg", [])) for e in dataset.examples), default=0)
+    if cfg.neg_nums and most and cfg.neg_nums > most:
+        out.append(
+            f"neg_nums {cfg.neg_nums}: no line holds more than {most} negatives, so each is repeated about "
+            f"{cfg.neg_nums / most:.0f}x a step (the original trainer's rule); leave neg_nums unset to train on each "
+            "line's own negatives once"
+        )
+    return out
 
 # %% ../nbs/09_train.ipynb #8ee34446
 class Run:
@@ -83,6 +109,8 @@ class Run:
         self.claim = claim_output(cfg, take=main, follow=not main)  # the main process locks the folder
         try:
             self.acc = make_accelerator(cfg, strategy, zero_stage)
+            if self.acc.mixed_precision != cfg.mixed_precision:  # fp16 asked on CPUs: what runs is recorded
+                cfg = self.cfg = dataclasses.replace(cfg, mixed_precision=self.acc.mixed_precision)
             self.rank, self.world = process_rank(self.acc)
             self.main = self.rank == 0
             self.fsdp = strategy == "fsdp" and torch.distributed.is_initialized()  # FSDP by hand
@@ -91,6 +119,7 @@ class Run:
             self.cross_device = self.world > 1 and cfg.negatives_cross_device is not False
             # where the run is (what a checkpoint saves), and what it has summed since the last log record
             self.progress = Progress(uuid.uuid4().hex[:12], world_size=self.world, config=dataclasses.asdict(cfg))
+            self.progress.data = data_fingerprint(cfg) if self.main and not self.claim.resume else {}
             self.sums, self.rng, self.first_bad, self.signal, self.started = {}, None, None, None, time.time()
             self.kept = None  # what `keep_best` chose at the end
             set_seed(cfg.seed)
@@ -419,18 +448,42 @@ def save_checkpoint(self: Run, name: str):
     "Save checkpoint `name` (the model, and what resuming needs), then delete this run's oldest beyond the limit."
     self.check_finite()
     path, tmp = self.out / name, self.out / f".{name}.tmp"
-    if self.main:
-        begin_folder(tmp)
+    with self.saving(name, tmp):
+        if self.main:
+            begin_folder(tmp)
+        barrier()
+        p = dataclasses.replace(
+            self.progress, log_lines=self.log.lines, elapsed_s=round(time.time() - self.started, 2)
+        )
+        if not self.fsdp:  # FSDP by hand saves the model only
+            save_trainer_state(self.acc, tmp, self.rank, self.sums, p if self.main else None)
+        trained = self.whole_model()
+        barrier()  # every process's files are written
+        if self.main:
+            self.save_model(trained, tmp, {"position": [p.epoch, p.batch]}, atomic=False)
+            atomic_write(tmp / FILES, json.dumps(file_sizes(tmp)))  # last: what `damage` checks a resume against
+            publish_folder(tmp, path)
+            rotate_checkpoints(self.out, p.run_id, self.cfg.num_max_checkpoints)
     barrier()
-    p = dataclasses.replace(self.progress, log_lines=self.log.lines, elapsed_s=round(time.time() - self.started, 2))
-    if not self.fsdp:  # FSDP by hand saves the model only
-        save_trainer_state(self.acc, tmp, self.rank, self.sums, p if self.main else None)
-    trained = self.whole_model()
-    if self.main:
-        self.save_model(trained, tmp, {"position": [p.epoch, p.batch]}, atomic=False)
-        publish_folder(tmp, path)
-        rotate_checkpoints(self.out, p.run_id, self.cfg.num_max_checkpoints)
-    barrier()
+
+
+@patch
+@contextmanager
+def saving(self: Run, name: str, tmp: Path | None = None):
+    """Around a save of `name`: a write that fails (disk full, a file-size limit) stops the run in one line, the saves
+    before it kept and `tmp` (its half-written folder) removed."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = checkpoints(self.out, self.progress.run_id)
+        after = f"resume from {kept[-1].name}" if kept else "start again"
+        reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[-1][:200]
+        raise RunStopped(
+            f"could not save {name} in {self.out}: {reason}; what was saved before is kept: make room (or raise the "
+            f"limit), then {after}"
+        ) from None
 
 
 @patch
@@ -508,7 +561,8 @@ def finish(self: Run) -> Path:
         self.kept = self.keep_best(trained)
     spread = replica_spread(self.acc.unwrap_model(self.model)) if self.world > 1 and self.replicated else None
     if self.main:
-        self.save_model(trained, self.out / "model")
+        with self.saving("the model"):
+            self.save_model(trained, self.out / "model")
         extra = {"replicas_max_abs_diff": spread} if spread is not None else {}
         if torch.cuda.is_available():
             extra["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
@@ -560,6 +614,7 @@ def _loop(run: Run) -> Path:
             p.epoch, p.batch = epoch, i + 1
             if not run.train_step(batch):
                 continue  # a micro-batch of an accumulated step
+            run.claim.started()  # a step trained: the run this one replaces (overwrite_output_dir) goes now
             at, done = epoch + (i + 1) / n, p.step >= run.total
             if p.step % cfg.log_interval == 0 or done:
                 run.log_losses(at)

@@ -39,6 +39,9 @@ CASES = [  # (lines of the data file, expected line number, expected problem)
     ([{"query": "q", "pos": ["a"], "scores": ["high"]}], 1, "'scores' must be a list of finite numbers"),
     ([GOOD, {"query": "q", "pos": ["a"], "neg": ["b"]}], 2, "this line is in the 'hard_neg' format"),
     ([GOOD, {"query": "q"}], 2, "this line is in the 'distill' format"),
+    ([GOOD, '{"query": "\\ud800 a", "pos": ["p"]}'], 2, "'query' (at character 1) holds a lone surrogate"),
+    ([GOOD, '{"query": "a", "pos": ["p"], "query": "b"}'], 2, "'query' is given twice in this line"),
+    ([{"query": "q", "pos": ["a"], "scores": [1e300]}], 1, "'scores' must lie within"),
 ]
 
 
@@ -89,6 +92,10 @@ def test_memmap_of_the_wrong_size(tiny_model, tmp_path):
         ("train_dataset: [x\n", "cfg.yaml:2: invalid yaml"),
         ("lr: 1e-5\n", "'train_dataset' is required"),
         ("train_dataset: /no/such/file.jsonl\n", "/no/such/file.jsonl: file not found"),
+        (
+            "train_dataset: x.jsonl\nbatch_size: 8\nbatch_size: 16\n",
+            "cfg.yaml:3: 'batch_size' is given twice (first on line 2)",
+        ),
     ],
 )
 def test_bad_config(text, expected, tmp_path):
