@@ -144,8 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     "The `embed-nb` argument parser."
     p = argparse.ArgumentParser(prog="embed-nb", description="Fine-tune text embedding models for retrieval.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train as a yaml config says")
-    t.add_argument("--config", required=True, help="yaml file (its keys: embed-nb keys)")
+    t = sub.add_parser("train", help="train as a yaml config (or the options below, or both) say")
+    t.add_argument("--config", default=None, help="yaml file (its keys: embed-nb keys); without it, the options")
+    t.add_argument("--model", default=None, help="model_name_or_path (default: the embedded all-MiniLM-L6-v2)")
+    t.add_argument("--data", default=None, help="train_dataset: a jsonl file in any of the four formats")
+    t.add_argument("--eval-data", default=None, help="eval_dataset: held-out retrieval data")
+    t.add_argument("--output-dir", default=None, help="output_dir (default: ./output)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     t.add_argument("--num-processes", type=int, default=1, help="processes (GPUs, or CPU processes over gloo)")
     t.add_argument(
@@ -222,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(a) -> Path:
     "`embed-nb train`: one process, or `--num-processes` launched ones."
     overrides = parse_overrides(a.set)
+    named = {"model_name_or_path": a.model, "train_dataset": a.data, "eval_dataset": a.eval_data}
+    overrides |= {k: v for k, v in {**named, "output_dir": a.output_dir}.items() if v is not None}
+    if a.config is None and "train_dataset" not in overrides:
+        raise EmbedNbError("embed-nb train needs --config (a yaml file) or --data (a jsonl file), or both")
     if a.resume:
         overrides["resume_from_checkpoint"] = "auto"
     if a.overwrite:
