@@ -49,6 +49,8 @@ EMBED_NB_OPTIONS = {
     "embed_nb_t03": dict(temperature=0.03, loss_directions=["query_to_doc"], false_negative_margin=None),
     # keep_best: the best mix of fine-tuned and base weights, chosen on valid questions the report never uses (TUNE)
     "embed_nb_merge": dict(eval_dataset="TUNE", merge_base=True),
+    # ... and the final weights averaged with the checkpoints of steps 40 and 50 (of 60) as one more candidate
+    "embed_nb_average": dict(eval_dataset="TUNE", merge_base=True, save_steps=10, num_max_checkpoints=5),
     "embed_nb_sym_mask": dict(
         loss_directions=["query_to_doc", "doc_to_query"], loss_partition="per_direction", false_negative_margin=0.1
     ),

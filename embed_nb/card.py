@@ -163,12 +163,17 @@ def model_card(
         if kept:
             s, scores, metric = kept["share"], kept["scores"], kept["metric"]
             what = {1.0: "the fine-tuned weights", 0.0: "the base model's weights: fine-tuning lowered the score"}
+            average = kept.get("average") or {}
+            if average.get("kept"):
+                chosen = f"the average of {', '.join(average['of'])} (mean {metric} {average['score']:.4f})"
+            else:
+                chosen = what.get(s, f"{s} × the fine-tuned weights + {1 - s:g} × the base model" + chr(39) + "s")
+            tried = f"; the average of {', '.join(average['of'])}: {average['score']:.4f}" if average else ""
             lines += [
-                f"Kept {what.get(s, f'{s} × the fine-tuned weights + {1 - s:g} × the base model' + chr(39) + 's')}, the "
-                f"most fine-tuned of the mixes within 0.005 of the best mean {metric} on `{cfg.eval_dataset}` (mean {metric} by "
-                "share of the fine-tuned weights: "
+                f"Kept {chosen}, the most fine-tuned of the candidates within 0.005 of the best mean {metric} on "
+                f"`{cfg.eval_dataset}` (mean {metric} by share of the fine-tuned weights against the base model's: "
                 + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items())
-                + "). The choice was made on this data, so the numbers below flatter the model a little.",
+                + f"{tried}). The choice was made on this data, so the numbers below flatter the model a little.",
                 "",
             ]
         lines += [

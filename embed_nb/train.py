@@ -43,7 +43,8 @@ from .run_folder import finished_already, load_trainer_state
 from .run_folder import resumed_description, rotate_checkpoints, save_trainer_state, set_rng_state, versions
 
 # %% auto #0
-__all__ = ['MIXES', 'MIX_TOLERANCE', 'read_data', 'notices', 'Run', 'activation_gib', 'free_gib', 'train', 'launch']
+__all__ = ['MIXES', 'MIX_TOLERANCE', 'AVERAGED', 'read_data', 'notices', 'Run', 'activation_gib', 'free_gib', 'average_weights',
+           'train', 'launch']
 
 # %% ../nbs/09_train.ipynb #6eb99146
 def _optimizer(model, cfg: TrainConfig, fused: bool = False):
@@ -505,12 +506,33 @@ def restore_rng(self: Run):
 # %% ../nbs/09_train.ipynb #64ebde87
 MIXES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the fine-tuned weights tried against the base model's
 MIX_TOLERANCE = 0.005  # a less fine-tuned mix is kept only when it beats every more fine-tuned one by more than this
+AVERAGED = 3  # the final weights averaged with this run's newest checkpoints: this many sets of weights at most
+
+
+def average_weights(weights: list[dict]) -> dict:
+    "The mean of state dicts with the same keys (floating tensors averaged in float64; others from the first)."
+    out = {}
+    for k, v in weights[0].items():
+        out[k] = (sum(w[k].double() for w in weights) / len(weights)).to(v.dtype) if v.is_floating_point() else v
+    return out
+
+
+@patch
+def _recent_checkpoints(self: Run) -> list[Path]:
+    "This run's newest checkpoints before its last step (at most `AVERAGED` - 1), oldest first."
+    earlier = [c for c in checkpoints(self.out, self.progress.run_id) if _step(c) < self.progress.step]
+    return earlier[-(AVERAGED - 1) :]
+
+
+def _step(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "embed_nb.json").read_text()).get("step", 0)
 
 
 @patch
 def keep_best(self: Run, trained: Embedding) -> dict | None:
     """With `eval_dataset` and `merge_base` (main process): put in `trained` the best, on the evaluation data, of the
-    fine-tuned weights and their mixes with the base model's (`MIXES`); what was tried and kept, or None."""
+    fine-tuned weights, their average with the run's newest checkpoints (where it saved some) and their mixes with the
+    base model's (`MIXES`); what was tried and kept, or None."""
     cfg = self.cfg
     if not (self.eval_data and cfg.merge_base) or cfg.lora or cfg.compile:
         return None  # LoRA: the base is the adapters at zero; compiled layers: other parameter names
@@ -524,24 +546,35 @@ def keep_best(self: Run, trained: Embedding) -> dict | None:
     mix = lambda share: {
         k: share * v + (1 - share) * base[k].to(v) if v.is_floating_point() else v for k, v in tuned.items()
     }
-    for share in MIXES:
-        trained.load_state_dict(mix(share))
-        tried[share] = evaluate_retrieval(
-            trained, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32)
-        )
-        scores[share] = sum(m[metric] for m in tried[share].values()) / len(tried[share])
-    top = max(scores.values())  # the most fine-tuned share within the tolerance of the best: near-ties are noise
-    best = max(s for s in MIXES if scores[s] >= top - MIX_TOLERANCE)
-    trained.load_state_dict(mix(best))
+    earlier = self._recent_checkpoints()
+    if earlier:  # the final weights averaged with the run's newest checkpoints (LAWA-style)
+        with torch.random.fork_rng(devices=[]):
+            olds = [Embedding.from_pretrained(str(c)).state_dict() for c in earlier]
+        average = average_weights([tuned, *[{k: w[k].cpu() for k in tuned} for w in olds]])
+    order = [1.0, "average", *MIXES[1:]] if earlier else list(MIXES)  # most fine-tuned first
+    weights = lambda c: average if c == "average" else mix(c)
+    for c in order:
+        trained.load_state_dict(weights(c))
+        tried[c] = evaluate_retrieval(trained, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32))
+        scores[c] = sum(m[metric] for m in tried[c].values()) / len(tried[c])
+    top = max(scores.values())  # the first in `order` within the tolerance of the best: near-ties are noise
+    best = next(c for c in order if scores[c] >= top - MIX_TOLERANCE)
+    trained.load_state_dict(weights(best))
     trained.train()
-    kept = {"share": best, "metric": metric, "scores": {str(s): round(scores[s], 6) for s in MIXES}}
+    share = 1.0 if best == "average" else best
+    kept = {"share": share, "metric": metric, "scores": {str(s): round(scores[s], 6) for s in MIXES}}
+    if earlier:
+        of = [c.name for c in earlier] + ["the final weights"]
+        kept["average"] = {"of": of, "score": round(scores["average"], 6), "kept": best == "average"}
     kept["eval"] = {str(d): m for d, m in tried[best].items()}
     self.log.write(
         {"step": self.progress.step, "kept": kept, "kept_s": round(time.time() - start, 2)},
-        {"kept/share": best, f"kept/{metric}": scores[best]},
+        {"kept/share": share, f"kept/{metric}": scores[best]},
     )
     said = {1.0: "the fine-tuned weights", 0.0: "the base model's weights (fine-tuning lowered it)"}
-    what = said.get(best, f"{best} × fine-tuned + {1 - best:g} × base weights")
+    if earlier:
+        said["average"] = f"the average of {', '.join(kept['average']['of'])}"
+    what = said[best] if best in said else f"{best} × fine-tuned + {1 - best:g} × base weights"
     self.bar.write(
         f"kept {what}: mean {metric} {scores[best]:.4f} on the evaluation data "
         f"(fine-tuned {scores[1.0]:.4f}, base {scores[0.0]:.4f})"

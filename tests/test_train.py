@@ -4,7 +4,8 @@ optimizer steps."""
 import json
 
 import numpy as np
-from conftest import log_records, losses, run_config
+import torch
+from conftest import EXAMPLES, log_records, losses, run_config
 
 from embed_nb.train import train
 
@@ -33,3 +34,35 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_model, tmp_path):
     log = log_records(tmp_path)
     assert [r["step"] for r in log] == [1, 2]
     assert log[-1]["lr"] == 0.0  # cosine schedule over 2 steps ends at zero
+
+
+def test_keep_best_tries_the_average_of_the_last_checkpoints(tiny_model, tmp_path):
+    "A run that saved checkpoints also tries its final weights averaged with the newest two; the saved model is the kept one."
+    from embed_nb.evaluate import evaluate, load_retrieval_data
+    from embed_nb.model import Embedding
+    from embed_nb.train import AVERAGED, average_weights
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [json.loads(line) for line in open(EXAMPLES / "hard_neg.jsonl")][:16]
+    pairs.write_text("".join(json.dumps({"query": r["query"], "pos": r["pos"]}) + "\n" for r in rows))
+    out = tmp_path / "run"
+    cfg = run_config(tiny_model, out, train_dataset=str(pairs), batch_size=4, max_steps=4, save_steps=1)
+    train({**cfg, "eval_dataset": str(pairs), "use_mrl": True, "mrl_dims": [8, 32], "num_max_checkpoints": 5})
+    kept = next(r["kept"] for r in log_records(out) if "kept" in r)
+    assert AVERAGED == 3 and kept["average"]["of"] == ["checkpoint-step-2", "checkpoint-step-3", "the final weights"]
+    scores = {**{float(s): v for s, v in kept["scores"].items()}, "average": kept["average"]["score"]}
+    order = [1.0, "average", 0.75, 0.5, 0.25, 0.0]
+    best = next(c for c in order if scores[c] >= max(scores.values()) - 0.005)
+    assert kept["average"]["kept"] == (best == "average") and kept["share"] == (1.0 if best == "average" else best)
+    again = evaluate(Embedding.from_pretrained(out / "model"), load_retrieval_data(str(pairs)), dims=[8, 32], ks=[10])
+    for d in (8, 32):
+        assert abs(again[d]["ndcg@10"] - kept["eval"][str(d)]["ndcg@10"]) < 1e-5
+    assert (
+        "the average of checkpoint-step-2, checkpoint-step-3, the final weights"
+        in (out / "model" / "README.md").read_text()
+    )
+    a, b = (
+        {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([3])},
+        {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([5])},
+    )
+    assert average_weights([a, b])["w"].tolist() == [2.0, 4.0] and average_weights([a, b])["n"].tolist() == [3]
