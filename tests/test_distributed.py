@@ -154,6 +154,28 @@ def test_torchrun_entry_point(model, tmp_path):
     assert run["world_size"] == 2 and run["negatives_cross_device"] and run["replicas_max_abs_diff"] == 0.0
 
 
+def test_two_nodes_equal_one_process(model, tmp_path):
+    """Two torchrun launchers, as on two nodes (one process each, `--nnodes 2 --node_rank 0/1`, rendezvous on
+    127.0.0.1, one shared output_dir): the same run as one process with the whole batch, one log, one model."""
+    train(config(model, "hard_neg", tmp_path / "single", **MRL))
+    cfg = write_yaml(tmp_path / "c.yaml", config(model, "hard_neg", tmp_path / "nodes", batch_size=4, **MRL))
+    exe = Path(sys.executable).parent / "torchrun"
+    node = lambda rank: [
+        *(str(exe), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank)),
+        *("--master_addr", "127.0.0.1", "--master_port", "29500", "-m", "embed_nb.train", "--config", str(cfg)),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    nodes = [
+        subprocess.Popen(node(r), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)
+    ]
+    said = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in said]
+    run = run_of(tmp_path / "nodes")
+    assert (run["world_size"], run["negatives_cross_device"], run["replicas_max_abs_diff"]) == (2, True, 0.0)
+    assert_same_run(tmp_path / "single", tmp_path / "nodes")
+    assert [out.count("model saved in") for out, _ in said] == [1, 0]  # said once, by the first node's process
+
+
 def test_spec_fsdp_config_names_the_models_layers_and_is_refused_clearly_on_cpu(model, tmp_path):
     """The spec's `accelerate launch --config_file default_fsdp.yaml -m embed_nb.train`: the yaml's layer class is the
     model's; on a machine without GPUs accelerate's FSDP plugin cannot start, and the run says so in one line."""

@@ -19,7 +19,7 @@ DRAWN = {
     "06_eval": 1,
     "09_train": 2,
     "10_mine": 1,
-    "11_widgets": 6,
+    "11_widgets": 4,
     "tutorials/widgets": 3,
 }
 
