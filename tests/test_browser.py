@@ -262,7 +262,7 @@ def test_widgets_notebook_in_jupyterlab(lab):
         n_code = open_notebook(page, url, WIDGETS_NB)
         took = run_all(page, n_code, limit=600)
         page.screenshot(path=str(OUT / "11_widgets.png"), full_page=True)
-        assert took < 240, f"11_widgets took {took:.0f} s in JupyterLab (it says under 4 minutes)"
+        assert took < 360, f"11_widgets took {took:.0f} s in JupyterLab (it says under 6 minutes)"
         (OUT / "11_widgets_seconds.txt").write_text(f"{took:.1f}\n")
         cells = check_reader_view(page, n_widgets=3)
         shown = [c["source"].split("  #")[0] for c in cells if c["widgets"]]
