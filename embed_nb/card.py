@@ -162,20 +162,31 @@ def model_card(
         lines += ["", "## Held-out retrieval", ""]
         if kept:
             s, scores, metric = kept["share"], kept["scores"], kept["metric"]
-            what = {1.0: "the fine-tuned weights", 0.0: "the base model's weights: fine-tuning lowered the score"}
+            on = f"{metric} at {kept['by']} dimensions" if kept.get("by", "mean") != "mean" else f"mean {metric}"
+            chosen = kept.get("said") or ("the fine-tuned weights" if s == 1.0 else f"{s} × the fine-tuned weights")
+            if s == 0.0:
+                chosen += ": fine-tuning lowered the score"
             average = kept.get("average") or {}
-            if average.get("kept"):
-                chosen = f"the average of {', '.join(average['of'])} (mean {metric} {average['score']:.4f})"
-            else:
-                chosen = what.get(s, f"{s} × the fine-tuned weights + {1 - s:g} × the base model" + chr(39) + "s")
             tried = f"; the average of {', '.join(average['of'])}: {average['score']:.4f}" if average else ""
+            tried += "".join(f"; {c}: {v:.4f}" for c, v in (kept.get("checkpoints") or {}).items())
             lines += [
-                f"Kept {chosen}, the most fine-tuned of the candidates within 0.005 of the best mean {metric} on "
-                f"`{cfg.eval_dataset}` (mean {metric} by share of the fine-tuned weights against the base model's: "
+                f"Kept {chosen}, the most fine-tuned of the candidates within 0.005 of the best {on} on "
+                f"`{cfg.eval_dataset}` (by share of the fine-tuned weights against the base model's: "
                 + ", ".join(f"{k}: {v:.4f}" for k, v in scores.items())
                 + f"{tried}). The choice was made on this data, so the numbers below flatter the model a little.",
                 "",
             ]
+            other = {d: b for d, b in (kept.get("best_per_dim") or {}).items() if b["choice"] != kept.get("choice")}
+            if other:
+                lines += [
+                    "At some dimensions another candidate scored higher: "
+                    + "; ".join(
+                        f"at {d}, {b['said']} ({metric} {b[metric]:.4f} against {kept['eval'][d][metric]:.4f})"
+                        for d, b in other.items()
+                    )
+                    + ". `keep_best_dim` keeps the best at one dimension.",
+                    "",
+                ]
         lines += [
             f"`{cfg.eval_dataset}`, evaluated at step {step}:",
             "",

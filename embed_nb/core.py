@@ -324,7 +324,13 @@ class TrainConfig:
     eval_k: list[int] | None = _eval(None, "metric cut-offs; None: [10]", at_least(1))
     merge_base: bool = _eval(
         True,
-        "at the end, keep the best on eval_dataset of the fine-tuned weights and their mixes with the base model's",
+        "at the end, keep the best on eval_dataset of the fine-tuned weights, the run's checkpoints, their average and "
+        "mixes with the base model's",
+    )
+    keep_best_dim: int | None = _eval(
+        None,
+        "the dimension merge_base chooses by (one of eval_dims); None: the mean over the evaluated dimensions",
+        positive,
     )
     group_by_length: bool = _speed(True, "batches of rows of similar length, from shuffled mega-batches")
     length_mega_batch: int = _speed(32, "batches per mega-batch when grouping by length", at_least(1))

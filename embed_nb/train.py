@@ -163,6 +163,9 @@ def prepare(self: Run, model: Embedding, loader) -> tuple:
     cfg = self.cfg
     if cfg.eval_dims and max(cfg.eval_dims) > model.dim:
         raise ConfigError(f"eval_dims: {max(cfg.eval_dims)} exceeds the model's width {model.dim}")
+    dims = cfg.eval_dims or self.mrl_dims
+    if cfg.keep_best_dim and cfg.keep_best_dim not in dims:
+        raise ConfigError(f"keep_best_dim: {cfg.keep_best_dim} is not one of the evaluated dimensions {dims}")
     if self.fsdp:
         shard_model(model, cfg.mixed_precision)
     if cfg.compile:
@@ -505,7 +508,9 @@ def restore_rng(self: Run):
 
 # %% ../nbs/09_train.ipynb #64ebde87
 MIXES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the fine-tuned weights tried against the base model's
-MIX_TOLERANCE = 0.005  # a less fine-tuned mix is kept only when it beats every more fine-tuned one by more than this
+MIX_TOLERANCE = (
+    0.005  # a less fine-tuned candidate is kept only when it beats every more fine-tuned one by more than this
+)
 AVERAGED = 3  # the final weights averaged with this run's newest checkpoints: this many sets of weights at most
 
 
@@ -518,69 +523,111 @@ def average_weights(weights: list[dict]) -> dict:
 
 
 @patch
-def _recent_checkpoints(self: Run) -> list[Path]:
-    "This run's newest checkpoints before its last step (at most `AVERAGED` - 1), oldest first."
-    earlier = [c for c in checkpoints(self.out, self.progress.run_id) if _step(c) < self.progress.step]
-    return earlier[-(AVERAGED - 1) :]
+def _earlier_checkpoints(self: Run) -> list[Path]:
+    "This run's checkpoints saved before its last step, oldest first."
+    return [c for c in checkpoints(self.out, self.progress.run_id) if _step(c) < self.progress.step]
 
 
 def _step(checkpoint: Path) -> int:
     return json.loads((checkpoint / "embed_nb.json").read_text()).get("step", 0)
 
 
+def _describe(c) -> str:
+    "A candidate of `keep_best` in words."
+    if c == 1.0:
+        return "the fine-tuned weights"
+    if c == 0.0:
+        return "the base model's weights"
+    if isinstance(c, float):
+        return f"{c} × fine-tuned + {1 - c:g} × base weights"
+    return "the average of the final weights and the newest checkpoints" if c == "average" else f"the weights of {c}"
+
+
 @patch
 def keep_best(self: Run, trained: Embedding) -> dict | None:
     """With `eval_dataset` and `merge_base` (main process): put in `trained` the best, on the evaluation data, of the
-    fine-tuned weights, their average with the run's newest checkpoints (where it saved some) and their mixes with the
-    base model's (`MIXES`); what was tried and kept, or None."""
+    fine-tuned weights, their average with the run's newest checkpoints, each checkpoint the run kept, and the final
+    weights' mixes with the base model's (`MIXES`), by the mean of the metric over the evaluated dimensions, or at
+    `keep_best_dim`; what was tried and kept, or None."""
     cfg = self.cfg
     if not (self.eval_data and cfg.merge_base) or cfg.lora or cfg.compile:
         return None  # LoRA: the base is the adapters at zero; compiled layers: other parameter names
     dims, ks = cfg.eval_dims or self.mrl_dims, cfg.eval_k or [10]
-    metric = f"ndcg@{ks[0]}"
+    metric, by = f"ndcg@{ks[0]}", cfg.keep_best_dim
     with torch.random.fork_rng(devices=[]):
         base = {k: v.detach().cpu() for k, v in self.load_model().state_dict().items()}
     tuned = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
     start = time.time()
-    tried, scores = {}, {}
+
+    def load(ckpt: Path) -> dict:  # a checkpoint's weights, as `tuned` holds them
+        with torch.random.fork_rng(devices=[]):
+            w = Embedding.from_pretrained(str(ckpt)).state_dict()
+        return {k: w[k].cpu().to(v.dtype) for k, v in tuned.items()}
+
     mix = lambda share: {
         k: share * v + (1 - share) * base[k].to(v) if v.is_floating_point() else v for k, v in tuned.items()
     }
-    earlier = self._recent_checkpoints()
-    if earlier:  # the final weights averaged with the run's newest checkpoints (LAWA-style)
-        with torch.random.fork_rng(devices=[]):
-            olds = [Embedding.from_pretrained(str(c)).state_dict() for c in earlier]
-        average = average_weights([tuned, *[{k: w[k].cpu() for k in tuned} for w in olds]])
-    order = [1.0, "average", *MIXES[1:]] if earlier else list(MIXES)  # most fine-tuned first
-    weights = lambda c: average if c == "average" else mix(c)
+    earlier = self._earlier_checkpoints()
+    newest = earlier[-(AVERAGED - 1) :]
+    # most fine-tuned first: the final weights, their average with the newest checkpoints (LAWA-style), the
+    # checkpoints newest first, then the mixes with the base model
+    order = [1.0, *(["average"] if earlier else []), *[c.name for c in reversed(earlier)], *MIXES[1:]]
+    by_name = {c.name: c for c in earlier}
+
+    def weights(c):
+        if c == "average":
+            return average_weights([tuned, *[load(p) for p in newest]])
+        return load(by_name[c]) if c in by_name else mix(c)
+
+    tried, scores = {}, {}
+    score = lambda res: res[by][metric] if by else sum(m[metric] for m in res.values()) / len(res)
     for c in order:
         trained.load_state_dict(weights(c))
         tried[c] = evaluate_retrieval(trained, self.eval_data, dims=dims, ks=ks, batch_size=max(cfg.batch_size, 32))
-        scores[c] = sum(m[metric] for m in tried[c].values()) / len(tried[c])
+        scores[c] = score(tried[c])
     top = max(scores.values())  # the first in `order` within the tolerance of the best: near-ties are noise
     best = next(c for c in order if scores[c] >= top - MIX_TOLERANCE)
     trained.load_state_dict(weights(best))
     trained.train()
-    share = 1.0 if best == "average" else best
-    kept = {"share": share, "metric": metric, "scores": {str(s): round(scores[s], 6) for s in MIXES}}
+    share = best if isinstance(best, float) else 1.0
+    kept = {
+        "share": share,
+        "metric": metric,
+        "by": by or "mean",
+        "choice": str(best),
+        "said": _describe(best),
+        "scores": {str(s): round(scores[s], 6) for s in MIXES},
+    }
     if earlier:
-        of = [c.name for c in earlier] + ["the final weights"]
+        of = [c.name for c in newest] + ["the final weights"]
         kept["average"] = {"of": of, "score": round(scores["average"], 6), "kept": best == "average"}
+        kept["checkpoints"] = {c.name: round(scores[c.name], 6) for c in earlier}
+        if best == "average":
+            kept["said"] = f"the average of {', '.join(of)}"
+    kept["best_per_dim"] = {  # at each dimension on its own, the candidate that scored best
+        str(d): (lambda c: {"choice": str(c), "said": _describe(c), metric: tried[c][d][metric]})(
+            max(order, key=lambda c: tried[c][d][metric])
+        )
+        for d in dims
+    }
     kept["eval"] = {str(d): m for d, m in tried[best].items()}
+    kept["fine_tuned"] = {str(d): m[metric] for d, m in tried[1.0].items()}
+    kept["base"] = {str(d): m[metric] for d, m in tried[0.0].items()}
     self.log.write(
         {"step": self.progress.step, "kept": kept, "kept_s": round(time.time() - start, 2)},
         {"kept/share": share, f"kept/{metric}": scores[best]},
     )
-    said = {1.0: "the fine-tuned weights", 0.0: "the base model's weights (fine-tuning lowered it)"}
-    if earlier:
-        said["average"] = f"the average of {', '.join(kept['average']['of'])}"
-    what = said[best] if best in said else f"{best} × fine-tuned + {1 - best:g} × base weights"
+    on = f"{metric} at {by} dims" if by else f"mean {metric}"
     self.bar.write(
-        f"kept {what}: mean {metric} {scores[best]:.4f} on the evaluation data "
+        f"kept {kept['said']}: {on} {scores[best]:.4f} on the evaluation data "
         f"(fine-tuned {scores[1.0]:.4f}, base {scores[0.0]:.4f})"
     )
-    if scores[1.0] < scores[0.0]:
-        self.bar.write(f"the fine-tuned model is worse than its base on the evaluation data ({metric})")
+    lower = [d for d in dims if tried[1.0][d][metric] < tried[0.0][d][metric]]
+    if lower:
+        self.bar.write(
+            f"the fine-tuned model is worse than its base on the evaluation data ({metric}) at "
+            + ", ".join(f"{d} dims ({tried[1.0][d][metric]:.4f} < {tried[0.0][d][metric]:.4f})" for d in lower)
+        )
     return kept
 
 # %% ../nbs/09_train.ipynb #6780ad22
