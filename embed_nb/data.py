@@ -196,6 +196,8 @@ def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict
         this = detect_format(record)
         if fmt is None:
             fmt, first = this, i
+        elif {this, fmt} == {"pair", "hard_neg"}:  # a query without hard negatives in a hard-negative file
+            fmt = "hard_neg"
         elif this != fmt:
             raise DataError(
                 path,
@@ -213,7 +215,10 @@ DEFAULT_NEG_NUMS = 15  # the most negatives a query trains with when neg_nums is
 
 
 def sample_negatives(negs: list, n: int | None, rng: random.Random) -> list:
-    "`n` of `negs`: a random subset when there are enough, else `negs` repeated then sampled; `n` None: up to 15, no repeats."
+    """`n` of `negs`: a random subset when there are enough, else `negs` repeated then sampled; `n` None: up to 15, no
+    repeats; none of none (a `pair` line in a `hard_neg` file)."""
+    if not negs:
+        return []
     if n is None:
         return rng.sample(negs, min(len(negs), DEFAULT_NEG_NUMS))
     if n <= 0:
@@ -319,7 +324,7 @@ class EmbeddingDataset(Dataset):
             item["docs"] = [ex["pos"][j]]
         if spec.hard_negatives:
             rng = random.Random(hash((self.seed, self.epoch, idx)))
-            item["docs"] += sample_negatives(ex["neg"], self.neg_nums, rng)
+            item["docs"] += sample_negatives(ex.get("neg", []), self.neg_nums, rng)
         if spec.graded:
             item["docs"], item["scores"] = ex["pos"], ex["scores"]
         if spec.teacher:

@@ -64,20 +64,23 @@ class MiningReport:
     "What `mine_hard_negatives` did: counts, and the scores of positives and of the negatives it kept."
 
     out: str  # the file written
-    queries: int  # lines written
+    queries: int  # queries written with hard negatives
     negatives: int  # negatives written, in all
     dropped: int  # candidates dropped as likely false negatives
     short: int  # queries that got fewer than `num_negatives`
-    skipped: int  # queries left out: no candidate survived (the hard-negative format needs one)
+    skipped: int  # queries no candidate survived for: written without `neg` (in-batch negatives only), or left out
     near_duplicates: int  # candidates dropped as (near) copies of a positive: same text, or cosine >= duplicate_score
     pos_scores: np.ndarray = field(repr=False)  # each query's positive score (the lowest, with several)
     neg_scores: list = field(repr=False)  # the scores of each query's kept negatives
+    left_out: bool = False  # whether the `skipped` queries were left out of the file (`keep_all=False`)
 
     def __str__(self):
         return (
             f"{self.out}: {self.queries} queries, {self.negatives} hard negatives; {self.dropped} candidates dropped "
             f"as likely false negatives ({self.near_duplicates} of them copies of a positive); {self.short} queries with "
-            f"fewer than asked, {self.skipped} of them with none (left out)"
+            f"fewer than asked, {self.skipped} of them with none ("
+            + ("left out" if self.left_out else "written without negatives: they train on in-batch negatives")
+            + ")"
         )
 
 
@@ -252,6 +255,7 @@ def mine_hard_negatives(
     batch_size: int = 64,  # texts per encoding batch
     query_prompt: str | None = None,  # the prompt of queries without their own `prompt_for_query`
     seed: int = 0,  # seed of the sampling
+    keep_all: bool = True,  # write the queries left without a negative too, without `neg`; False: leave them out
     doc_block: int = 16384,  # documents scored at a time (memory)
 ) -> MiningReport:
     "Mine hard negatives for each query of `data` from `corpus` and write them in the hard-negative format."
@@ -318,21 +322,26 @@ def mine_hard_negatives(
             graded = grades[at[r] : at[r + 1]]
             ce_pos = float(min(graded[len(keep) :]))
             kept[r] = [sj for sj, g in zip(keep, graded) if ce_margin is None or g <= ce_margin * ce_pos]
-    lines, neg_scores, short = [], [], 0
+    lines, neg_scores, short, given = [], [], 0, 0
     dropped = copies + sum(len(a) - len(b) for a, b in zip(ranked, kept))
     for (_, record, _), keep in zip(rows, kept):
         n = min(num_negatives, len(keep))
         chosen = sorted(keep, reverse=True)[:n] if pick == "top" else sorted(rng.sample(keep, n), reverse=True)
         short += len(chosen) < num_negatives
         neg_scores.append([s for s, _ in chosen])
+        given += bool(chosen)
         if chosen:
             lines.append(json.dumps({**record, "neg": [docs[j] for _, j in chosen]}, ensure_ascii=False))
-    if not lines:
+        elif keep_all:  # a pair line: in a hard-negative file it trains on the batch's other documents only
+            lines.append(json.dumps({k: v for k, v in record.items() if k != "neg"}, ensure_ascii=False))
+    if not given:
         raise ConfigError(f"no query kept a negative: loosen margin ({margin}) or max_score, or widen the range")
     _write_output(out, "\n".join(lines) + "\n")
     n = sum(map(len, neg_scores))
-    skipped = len(rows) - len(lines)
-    return MiningReport(str(out), len(lines), n, dropped, short, skipped, copies, np.array(pos_scores), neg_scores)
+    skipped = len(rows) - given
+    return MiningReport(
+        str(out), given, n, dropped, short, skipped, copies, np.array(pos_scores), neg_scores, not keep_all
+    )
 
 # %% ../nbs/10_mine.ipynb #8d2e393d
 def plot_mining(report: MiningReport, random_scores=None, ax=None):
@@ -362,8 +371,8 @@ def mined_table(report: MiningReport, n: int = 5, suspect: float = 0.9, width: i
     cut = lambda t: t if len(t) <= width else t[: width - 1] + "…"
     rows = []
     with open(report.out, encoding="utf-8") as f:
-        for line, (p, scores) in zip(f, written[:n]):
-            rec = json.loads(line)
+        mined = (rec for rec in map(json.loads, f) if rec.get("neg"))  # not the queries written without negatives
+        for rec, (p, scores) in zip(mined, written[:n]):
             for neg, s in zip(rec["neg"], scores):
                 rows.append(
                     {

@@ -251,7 +251,7 @@ def check_memory(self: Run, model: Embedding, loader):
     q_len = longest([ex["query"] for ex in sample], cfg.query_max_len)
     d_len = longest([t for ex in sample for t in ex.get("pos", []) + ex.get("neg", [])], cfg.passage_max_len)
     if ds.spec.hard_negatives:
-        negs = max(len(ex["neg"]) for ex in ds.examples)
+        negs = max(len(ex.get("neg", [])) for ex in ds.examples)
         docs = 1 + (min(negs, DEFAULT_NEG_NUMS) if cfg.neg_nums is None else cfg.neg_nums)
     else:
         docs = max((len(ex.get("pos", [])) for ex in sample), default=0) if ds.spec.graded else int(ds.spec.documents)

@@ -37,7 +37,7 @@ CASES = [  # (lines of the data file, expected line number, expected problem)
     ([{"query": "q", "pos": []}], 1, "'pos' must be a non-empty list of strings"),
     ([{"query": "q", "pos": ["a", "b"], "scores": [1.0]}], 1, "'scores' has 1 values but 'pos' has 2 documents"),
     ([{"query": "q", "pos": ["a"], "scores": ["high"]}], 1, "'scores' must be a list of finite numbers"),
-    ([GOOD, {"query": "q", "pos": ["a"], "neg": ["b"]}], 2, "this line is in the 'hard_neg' format"),
+    ([GOOD, {"query": "q", "pos": ["a"], "scores": [1.0]}], 2, "this line is in the 'scored' format"),
     ([GOOD, {"query": "q"}], 2, "this line is in the 'distill' format"),
     ([GOOD, '{"query": "\\ud800 a", "pos": ["p"]}'], 2, "'query' (at character 1) holds a lone surrogate"),
     ([GOOD, '{"query": "a", "pos": ["p"], "query": "b"}'], 2, "'query' is given twice in this line"),
