@@ -1,18 +1,18 @@
 """Hard-negative mining on InsuranceQA: what it costs and what it buys.
 
-Up to four fine-tunings (`--arms`) of the embedded all-MiniLM-L6-v2 at the same budget (steps, batch, lr, seed,
+Fine-tunings (`--arms`, of `ARMS`) of the embedded all-MiniLM-L6-v2 at the same budget (steps, batch, lr, seed,
 Matryoshka dims) with embed_nb's default loss (false-negative mask on), each a fresh process: in-batch negatives only
 ({query, pos}); the dataset's own negatives (each train question's candidate pool, 3 sampled per query per epoch);
 negatives mined by `embed_nb.mine.mine_hard_negatives` with the base model from a corpus of the train answers and their
-pool answers (its defaults but ranks 10-100, margin 0.95, 3 per query); the same mined negatives with the mask applied
-to them too (`mask_hard_negatives`). Then nDCG@10 / Recall@10
+pool answers (its defaults but ranks 10-100, margin 0.95, 3 per query; a query left without a candidate stays, as a
+pair line); the same mined negatives with the mask applied to them too (`mask_hard_negatives`), or with the other
+queries' positives as negatives too (`other_positives`), or one negative a query. Then nDCG@10 / Recall@10
 on InsuranceQA valid (never test) at each Matryoshka dimension. Mining speed: documents and queries embedded per second
 and the mining process's peak resident memory.
 
     .venv/bin/python bench/mining.py --steps 40 --queries 1280         # CPU, ~45 min on 2 cores
 """
 
-import argparse
 import json
 import random
 import sys
@@ -31,11 +31,14 @@ ARMS = {  # fine-tuning → (its data file's stem, what it adds to the config)
     "dataset negatives": ("dataset_neg", {}),
     "mined negatives": ("mined", {}),
     "mined negatives + mask": ("mined", {"mask_hard_negatives": True}),
+    # the other queries' positives as negatives too (embed_nb leaves them out beside hard negatives, as the original)
+    "mined negatives + other positives": ("mined", {"other_positives": True}),
+    "one mined negative + other positives": ("mined", {"other_positives": True, "neg_nums": 1}),
 }
 
 
 def parse(argv=None):
-    p = parser(__doc__, "worker", "data", "out", "corpus_file")
+    p = parser(__doc__, "worker", "data", "out", "corpus_file", "options")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--neg-nums", type=int, default=3)
@@ -52,7 +55,6 @@ def parse(argv=None):
     p.add_argument(
         "--arms", default=",".join(ARMS), help=f"comma-separated fine-tunings to run, of: {', '.join(ARMS)}"
     )
-    p.add_argument("--mask-hard-negatives", action="store_true", help=argparse.SUPPRESS)  # set by the arm
     return p.parse_args(argv)
 
 
@@ -89,7 +91,7 @@ def train_worker(a) -> dict:
     from embed_nb.train import train
 
     options = dict(output_dir=a.out, max_steps=a.steps, epochs=1000, log_interval=10, neg_nums=a.neg_nums)
-    options["mask_hard_negatives"] = a.mask_hard_negatives  # the false-negative mask also on the mined negatives
+    options.update(json.loads(a.options or "{}"))  # the arm's settings
     start = time.perf_counter()
     train(embed_nb_config(a, mrl_dims(a.mrl), **options))  # as quality.py's embed_nb, with negatives
     return {"model": str(Path(a.out) / "model"), "train_s": time.perf_counter() - start}
@@ -142,7 +144,7 @@ def main(argv=None):
     for i, name in enumerate(n.strip() for n in a.arms.split(",")):
         if name not in ARMS:
             raise SystemExit(f"--arms: {name!r} is not one of {', '.join(ARMS)}")
-        path, extra = tmp / f"{ARMS[name][0]}.jsonl", ["--mask-hard-negatives"] if ARMS[name][1] else []
+        path, extra = tmp / f"{ARMS[name][0]}.jsonl", [f"--options={json.dumps(ARMS[name][1])}"]
         training[name] = run_worker(
             Path(__file__),
             ["--worker=train", f"--data={path}", f"--out={tmp / f'arm{i}'}", *common, *extra],
