@@ -269,3 +269,28 @@ def test_widgets_notebook_in_jupyterlab(lab):
         assert shown == ["LossWidget(real)", "MRLWidget(eval_results(real))", "sw"], cells
         for cls in ("embed-nb-losswidget", "embed-nb-mrlwidget", "embed-nb-similaritywidget"):
             assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
+
+
+def test_site_typesets_formulas_offline(tmp_path):
+    "The static site (`make site`), read in Chromium with every request outside the site refused: MathJax typesets."
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "site.py"), str(tmp_path)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    refused = []
+
+    def only_files(route, request):
+        if request.url.startswith("file://"):
+            return route.continue_()
+        refused.append(request.url)
+        return route.abort()
+
+    with chromium_page() as page:
+        page.route("**/*", only_files)
+        page.goto((tmp_path / "02_losses.html").as_uri())
+        page.wait_for_function("window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0", timeout=60_000)
+        typeset = page.evaluate("document.querySelectorAll('.MathJax_CHTML, .MathJax, .MathJax_SVG').length")
+        errors = page.evaluate("document.querySelectorAll('.MathJax_Error, merror').length")
+        page.screenshot(path=str(OUT / "site_02_losses.png"))
+    assert typeset > 5 and errors == 0, (typeset, errors)
+    assert not refused, refused[:5]

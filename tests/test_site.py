@@ -44,17 +44,24 @@ def test_static_site(tmp_path):
         [sys.executable, str(ROOT / "tools" / "site.py"), str(tmp_path)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    pages = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.html"))
+    pages = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.html") if "mathjax" not in p.parts)
     expected = (
         ["index.html"]
         + [p.stem + ".html" for p in NBS.glob("[0-9]*.ipynb")]
         + [f"tutorials/{p.stem}.html" for p in (NBS / "tutorials").glob("*.ipynb")]
     )
     assert pages == sorted(expected)
-    for page in tmp_path.rglob("*.html"):
+    for page in (tmp_path / p for p in pages):
         text = page.read_text()
         for href in re.findall(r'href="([^"#:]+\.html)', text):  # links between pages (not to the web)
             assert (page.parent / href).resolve().is_file(), f"{page.name}: link to {href} leads nowhere"
         assert not re.findall(r'href="(?!https?:)[^"]*\.ipynb', text), page  # no link left pointing at a notebook
+        # read offline: no script or style sheet from the web (MathJax is the site's own copy)
+        assert not re.findall(r'<(?:script|link)[^>]*(?:src|href)="https?://', text), page
+    assert (tmp_path / "mathjax" / "MathJax.js").is_file()
+    assert 'src="../mathjax/MathJax.js?config=' in (tmp_path / "tutorials" / "widgets.html").read_text()
+    nav = re.search(r"<nav.*?</nav>", (tmp_path / "index.html").read_text(), re.S).group(0)
+    assert [g for g in re.findall(r"<b>(\w+)</b>", nav)][:3] == ["Start", "Course", "Reference"]
+    assert nav.index("01_data.html") < nav.index("02_losses.html") < nav.index("00_core.html")  # reading order
     losses = (tmp_path / "02_losses.html").read_text()
     assert losses.count("data:image/png") >= DRAWN["02_losses"]  # the committed figures are in the page
