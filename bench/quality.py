@@ -51,6 +51,12 @@ def parse(argv=None):
         "(sentence-transformers' losses)",
     )
     p.add_argument("--name", default=None, help="results file name (default: quality_<device>)")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="NAME=FOLDER: a model trained before (by this script, same settings) evaluated beside the contenders",
+    )
     return p.parse_args(argv)
 
 
@@ -141,6 +147,9 @@ def main(argv=None):
             trained[name] = res
             models[name] = res["model"]
             print(f"trained {name} in {res['train_s']:.0f} s", file=sys.stderr, flush=True)
+    for also in a.also:  # earlier trainings of the same pairs and seed: evaluated the same way
+        name, _, path = also.partition("=")
+        models[name] = path
     metrics = {}
     for c, path in models.items():
         t = time.perf_counter()

@@ -1,6 +1,7 @@
-"""Every command of README.md runs from the repository root: its Python (the code cells of `nbs/index.ipynb`, which
-README.md is made from, and its ```python blocks) and each line of its ```bash blocks, in order, in one folder laid out
-as the repository root (its `example_data/`), so what one line writes the next can read. Left out: `make demo` and
+"""Every command of README.md and README.zh-CN.md runs from the repository root: their Python (the code cells of
+`nbs/index.ipynb`, which README.md is made from, and the ```python blocks) and each line of their ```bash blocks (a line
+in both, once), in order, in one folder laid out as the repository root (its `example_data/`), so what one line writes
+the next can read; the shell lines run before the Python. Left out: `make demo` and
 `make test` (the second is what runs this test; CI runs both). `CE`, `T1` and `T2`, which README says stand for models
 the reader has, are tiny random models here."""
 
@@ -14,22 +15,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+READMES = [(ROOT / name).read_text() for name in ("README.md", "README.zh-CN.md")]
+pytestmark = pytest.mark.xdist_group(
+    "readme"
+)  # one process runs them, in order: the Python reads what the shell wrote
 
 
 def blocks(language: str) -> list[str]:
-    "The fenced blocks of README.md in `language`."
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+    "The fenced blocks of the READMEs in `language`, each once."
+    found = [b for text in READMES for b in re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)]
+    return list(dict.fromkeys(found))
 
 
 def python_snippets() -> list[str]:
     cells = json.loads((ROOT / "nbs" / "index.ipynb").read_text())["cells"]
-    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"] + blocks("python")
+    return list(dict.fromkeys(["".join(c["source"]) for c in cells if c["cell_type"] == "code"] + blocks("python")))
 
 
 def shell_lines() -> list[str]:
     lines = [line.strip() for block in blocks("bash") for line in block.splitlines()]
-    return [line for line in lines if line and not line.startswith(("#", "make "))]
+    return list(dict.fromkeys(line for line in lines if line and not line.startswith(("#", "make "))))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def run(args, cwd, timeout=900):
 
 def test_readme_has_the_commands_this_test_runs():
     "A README without these would make the tests below pass for nothing."
-    assert len(python_snippets()) >= 2 and len(shell_lines()) >= 7
+    assert len(python_snippets()) >= 3 and len(shell_lines()) >= 7
     assert any(line.startswith("embed-nb mine") for line in shell_lines())
 
 
