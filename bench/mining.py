@@ -55,6 +55,13 @@ def parse(argv=None):
     p.add_argument(
         "--arms", default=",".join(ARMS), help=f"comma-separated fine-tunings to run, of: {', '.join(ARMS)}"
     )
+    p.add_argument(
+        "--trained-in",
+        default=None,
+        help="the folder of a run of these --arms stopped before its end: evaluate the arms it trained (arm0, arm1, "
+        "...) instead of mining and training again",
+    )
+    p.add_argument("--mining", default=None, help="with --trained-in: that run's 'mined:' line (JSON), to record")
     return p.parse_args(argv)
 
 
@@ -102,9 +109,8 @@ def main(argv=None):
     if a.worker:
         print(json.dumps(mine_worker(a) if a.worker == "mine" else train_worker(a)))
         return
-    from embed_nb.evaluate import evaluate
-    from embed_nb.model import Embedding
-
+    if a.trained_in:
+        return evaluate_only(a)
     questions, pool = insuranceqa("train")
     rng = random.Random(a.seed)
     chosen = rng.sample(questions, a.queries)
@@ -139,7 +145,6 @@ def main(argv=None):
     )
     print(f"mined: {mining}", file=sys.stderr, flush=True)
     valid = valid_data(a.valid_queries, a.valid_corpus, a.seed)
-    dims = mrl_dims(a.mrl)
     models, training = {"base model": None}, {}
     for i, name in enumerate(n.strip() for n in a.arms.split(",")):
         if name not in ARMS:
@@ -152,6 +157,26 @@ def main(argv=None):
         )
         models[name] = training[name]["model"]
         print(f"trained {name} in {training[name]['train_s']:.0f} s", file=sys.stderr, flush=True)
+    finish(a, models, training, mining, len(docs), valid)
+
+
+def evaluate_only(a):
+    "Evaluate the arms a stopped run trained (`--trained-in`), with the same valid set."
+    arms = [n.strip() for n in a.arms.split(",")]
+    models = {"base model": None}
+    models |= {n: str(Path(a.trained_in) / f"arm{i}" / "model") for i, n in enumerate(arms)}
+    models = {n: p for n, p in models.items() if p is None or (Path(p) / "modules.json").is_file()}
+    print(f"evaluating {', '.join(models)} from {a.trained_in}", file=sys.stderr, flush=True)
+    corpus = sum(1 for _ in open(Path(a.trained_in) / "corpus.jsonl"))
+    mining = json.loads(a.mining) if a.mining else None
+    finish(a, models, {}, mining, corpus, valid_data(a.valid_queries, a.valid_corpus, a.seed))
+
+
+def finish(a, models, training, mining, corpus, valid):
+    from embed_nb.evaluate import evaluate
+    from embed_nb.model import Embedding
+
+    dims = mrl_dims(a.mrl)
     metrics = {
         n: {
             str(d): m
@@ -161,18 +186,19 @@ def main(argv=None):
     }
     rows = [[d, n, metrics[n][str(d)]["ndcg@10"], metrics[n][str(d)]["recall@10"]] for d in dims for n in models]
     valid_size = {"queries": len(valid.queries), "corpus": len(valid.corpus)}
-    result = report("mining", a, corpus=len(docs), mining=mining, training=training, metrics=metrics, valid=valid_size)
+    result = report("mining", a, corpus=corpus, mining=mining, training=training, metrics=metrics, valid=valid_size)
     print(
         f"\n{result['environment']['device']}: {a.steps} steps of batch {a.batch_size}, "
         f"{a.neg_nums} negatives a query where the data has them; "
         f"InsuranceQA valid: {len(valid.queries)} questions, {len(valid.corpus)} answers\n"
     )
     print(markdown_table(["dim", "training data", "nDCG@10", "Recall@10"], rows))
-    print(
-        f"\nmining: {mining['texts']} texts embedded in {mining['seconds']:.0f} s ({mining['texts_per_s']:.0f}/s), "
-        f"peak RSS {mining['peak_rss_mib']:.0f} MiB; {mining['queries']} queries kept, "
-        f"{mining['dropped']} candidates dropped"
-    )
+    if mining:
+        print(
+            f"\nmining: {mining['texts']} texts embedded in {mining['seconds']:.0f} s ({mining['texts_per_s']:.0f}/s), "
+            f"peak RSS {mining['peak_rss_mib']:.0f} MiB; {mining['queries']} queries kept, "
+            f"{mining['dropped']} candidates dropped"
+        )
     print("wrote", save(a.name, result))
 
 

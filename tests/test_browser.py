@@ -1,8 +1,9 @@
 """Notebooks in a real JupyterLab, in headless Chromium (Debian's), driven by Playwright, run with JupyterLab's own
-Run All Cells: what a reader sees. The widgets tutorial and `11_widgets`: every cell runs, no cell shows an error or
-anything on stderr (JupyterLab's red output), each widget cell shows exactly one widget and no other figure, each
-notebook finishes within the time its text states; in the tutorial the loss plot redraws while training runs, a
-control changes a figure, and each widget is photographed.
+Run All Cells: what a reader sees. The widgets tutorial, the Chinese tutorial and `11_widgets`: every cell runs, no
+cell shows an error or anything on stderr (JupyterLab's red output), each widget cell shows exactly one widget and no
+other figure, each notebook finishes within the time its text states; in the tutorial the loss plot redraws while
+training runs, a control changes a figure, and each widget is photographed. The static site typesets its formulas
+with the network refused.
 
 Screenshots go to `test-output/browser/` (or $EMBED_NB_TEST_OUTPUT/browser)."""
 
@@ -21,6 +22,7 @@ from conftest import ROOT, log_records
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TUTORIAL = ROOT / "nbs" / "tutorials" / "widgets.ipynb"
+CHINESE = ROOT / "nbs" / "tutorials" / "insuranceqa_zh.ipynb"
 WIDGETS_NB = ROOT / "nbs" / "11_widgets.ipynb"
 OUT = Path(os.environ.get("EMBED_NB_TEST_OUTPUT", ROOT / "test-output")) / "browser"
 # Chromium's own background traffic is refused on a closed network: switch it off.
@@ -269,6 +271,26 @@ def test_widgets_notebook_in_jupyterlab(lab):
         assert shown == ["LossWidget(real)", "MRLWidget(eval_results(real))", "sw"], cells
         for cls in ("embed-nb-losswidget", "embed-nb-mrlwidget", "embed-nb-similaritywidget"):
             assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
+
+
+@pytest.mark.parametrize("lab", [CHINESE], indirect=True)
+def test_chinese_tutorial_in_jupyterlab(lab):
+    """The Chinese tutorial, run in JupyterLab: every cell runs, nothing in red, its two figures drawn, and the model
+    it trains scores above the base model at every dimension on the valid questions."""
+    url, folder = lab
+    with chromium_page() as page:
+        n_code = open_notebook(page, url, CHINESE)
+        took = run_all(page, n_code, limit=900)
+        page.screenshot(path=str(OUT / "insuranceqa_zh.png"), full_page=True)
+        (OUT / "insuranceqa_zh_seconds.txt").write_text(f"{took:.1f}\n")
+        check_reader_view(page, n_widgets=0)
+        figures = page.locator(".jp-NotebookPanel .jp-OutputArea-output img").count()
+        assert figures == 2, f"{figures} figures"
+    log = log_records(folder / "runs" / "zh")
+    evals = [r["eval"] for r in log if "eval" in r]
+    assert len(evals) >= 2
+    for d in ("64", "128", "256", "384"):
+        assert evals[-1][d]["ndcg@10"] > evals[0][d]["ndcg@10"], (d, evals[0][d], evals[-1][d])
 
 
 def test_site_typesets_formulas_offline(tmp_path):

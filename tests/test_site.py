@@ -21,6 +21,7 @@ DRAWN = {
     "10_mine": 1,
     "11_widgets": 4,
     "tutorials/widgets": 3,
+    "tutorials/insuranceqa_zh": 2,
 }
 
 
