@@ -6,6 +6,7 @@ nothing is fetched, neither while building nor when a page is read: the formulas
 `jupyter-server-mathjax` package ships, copied into the site."""
 
 import html
+import os
 import re
 import shutil
 import sys
@@ -52,14 +53,18 @@ def title(nb) -> str:
     return "embed_nb"
 
 
-def relink(body: str, depth: int) -> str:
-    "Links to notebooks (`02_losses.ipynb`, `nbs/02_losses.ipynb`, `tutorials/widgets.ipynb`) made links to pages."
-    up = "../" * depth
+def relink(body: str, rel: str) -> str:
+    """Links to notebooks (`02_losses.ipynb`, `nbs/02_losses.ipynb`, `tutorials/widgets.ipynb`, from a tutorial
+    `widgets.ipynb` or `../02_losses.ipynb`) made links to pages, from the page at `rel`."""
+    here = Path(rel).parent  # the page's folder within the site, as the notebook's within nbs/
 
     def page(m):
         target = m.group(2)
-        target = target[4:] if target.startswith("nbs/") else target
-        return f'{m.group(1)}"{up}{target[:-6]}.html{m.group(3) or ""}"'
+        if target.startswith("nbs/"):  # from the repository root (the README's links)
+            within = Path(target[4:])
+        else:
+            within = Path(os.path.normpath(here / target))
+        return f'{m.group(1)}"{os.path.relpath(within.with_suffix(".html"), here)}{m.group(3) or ""}"'
 
     return re.sub(r'(href=)"(?!https?:)([^"#]*?\.ipynb)(#[^"]*)?"', page, body)
 
@@ -92,7 +97,7 @@ def build(out: Path) -> list[Path]:
         nav = " | ".join(f"<b>{g}</b>: " + " · ".join(links) for g, links in groups.items())
         exporter.mathjax_url = "../" * depth + MATHJAX
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title(nb)}})
-        body = relink(body, depth)
+        body = relink(body, rel)
         # require.js (the template loads it from a CDN for live widgets, which the committed notebooks do not keep)
         body = re.sub(r'<script src="https?://[^"]*/require(\.min)?\.js"></script>', "", body)
         bar = f'<nav style="padding:0.6em 1em;font:13px sans-serif;border-bottom:1px solid #ddd">{nav}</nav>'
