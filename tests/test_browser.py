@@ -275,8 +275,8 @@ def test_widgets_notebook_in_jupyterlab(lab):
 
 @pytest.mark.parametrize("lab", [CHINESE], indirect=True)
 def test_chinese_tutorial_in_jupyterlab(lab):
-    """The Chinese tutorial, run in JupyterLab: every cell runs, nothing in red, its two figures drawn, and the model
-    it trains scores above the base model at every dimension on the valid questions."""
+    """The Chinese tutorial, run in JupyterLab: every cell runs (its last checks that the fine-tuned model scores above
+    the base model at every dimension on the valid questions), nothing in red, its two figures drawn."""
     url, folder = lab
     with chromium_page() as page:
         n_code = open_notebook(page, url, CHINESE)
@@ -286,11 +286,7 @@ def test_chinese_tutorial_in_jupyterlab(lab):
         check_reader_view(page, n_widgets=0)
         figures = page.locator(".jp-NotebookPanel .jp-OutputArea-output img").count()
         assert figures == 2, f"{figures} figures"
-    log = log_records(folder / "runs" / "zh")
-    evals = [r["eval"] for r in log if "eval" in r]
-    assert len(evals) >= 2
-    for d in ("64", "128", "256", "384"):
-        assert evals[-1][d]["ndcg@10"] > evals[0][d]["ndcg@10"], (d, evals[0][d], evals[-1][d])
+    assert (folder / "runs" / "zh" / "model" / "modules.json").is_file()
 
 
 def test_site_typesets_formulas_offline(tmp_path):
