@@ -163,7 +163,7 @@ def prepare(self: Run, model: Embedding, loader) -> tuple:
     cfg = self.cfg
     if cfg.eval_dims and max(cfg.eval_dims) > model.dim:
         raise ConfigError(f"eval_dims: {max(cfg.eval_dims)} exceeds the model's width {model.dim}")
-    dims = cfg.eval_dims or self.mrl_dims
+    dims = cfg.eval_dims or self.mrl_dims or [model.dim]
     if cfg.keep_best_dim and cfg.keep_best_dim not in dims:
         raise ConfigError(f"keep_best_dim: {cfg.keep_best_dim} is not one of the evaluated dimensions {dims}")
     if self.fsdp:
@@ -608,7 +608,7 @@ def keep_best(self: Run, trained: Embedding) -> dict | None:
         str(d): (lambda c: {"choice": str(c), "said": _describe(c), metric: tried[c][d][metric]})(
             max(order, key=lambda c: tried[c][d][metric])
         )
-        for d in dims
+        for d in tried[1.0]  # the evaluated dimensions (the full width when dims is None)
     }
     kept["eval"] = {str(d): m for d, m in tried[best].items()}
     kept["fine_tuned"] = {str(d): m[metric] for d, m in tried[1.0].items()}
@@ -622,7 +622,7 @@ def keep_best(self: Run, trained: Embedding) -> dict | None:
         f"kept {kept['said']}: {on} {scores[best]:.4f} on the evaluation data "
         f"(fine-tuned {scores[1.0]:.4f}, base {scores[0.0]:.4f})"
     )
-    lower = [d for d in dims if tried[1.0][d][metric] < tried[0.0][d][metric]]
+    lower = [d for d in tried[1.0] if tried[1.0][d][metric] < tried[0.0][d][metric]]
     if lower:
         self.bar.write(
             f"the fine-tuned model is worse than its base on the evaluation data ({metric}) at "
