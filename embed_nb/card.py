@@ -163,7 +163,7 @@ def model_card(
         if kept:
             s, scores, metric = kept["share"], kept["scores"], kept["metric"]
             on = f"{metric} at {kept['by']} dimensions" if kept.get("by", "mean") != "mean" else f"mean {metric}"
-            chosen = kept.get("said") or ("the fine-tuned weights" if s == 1.0 else f"{s} × the fine-tuned weights")
+            chosen = kept["said"]
             if s == 0.0:
                 chosen += ": fine-tuning lowered the score"
             average = kept.get("average") or {}

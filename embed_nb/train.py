@@ -508,9 +508,7 @@ def restore_rng(self: Run):
 
 # %% ../nbs/09_train.ipynb #64ebde87
 MIXES = (1.0, 0.75, 0.5, 0.25, 0.0)  # shares of the fine-tuned weights tried against the base model's
-MIX_TOLERANCE = (
-    0.005  # a less fine-tuned candidate is kept only when it beats every more fine-tuned one by more than this
-)
+MIX_TOLERANCE = 0.005  # a less fine-tuned candidate is kept only when it beats the more fine-tuned by more
 AVERAGED = 3  # the final weights averaged with this run's newest checkpoints: this many sets of weights at most
 
 
