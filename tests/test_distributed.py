@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,26 +155,77 @@ def test_torchrun_entry_point(model, tmp_path):
     assert run["world_size"] == 2 and run["negatives_cross_device"] and run["replicas_max_abs_diff"] == 0.0
 
 
-def test_two_nodes_equal_one_process(model, tmp_path):
-    """Two torchrun launchers, as on two nodes (one process each, `--nnodes 2 --node_rank 0/1`, rendezvous on
-    127.0.0.1, one shared output_dir): the same run as one process with the whole batch, one log, one model."""
-    train(config(model, "hard_neg", tmp_path / "single", **MRL))
-    cfg = write_yaml(tmp_path / "c.yaml", config(model, "hard_neg", tmp_path / "nodes", batch_size=4, **MRL))
-    exe = Path(sys.executable).parent / "torchrun"
-    node = lambda rank: [
-        *(str(exe), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank)),
-        *("--master_addr", "127.0.0.1", "--master_port", "29500", "-m", "embed_nb.train", "--config", str(cfg)),
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
-    nodes = [
-        subprocess.Popen(node(r), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)
-    ]
+def node_command(launcher: str, rank: int, cfg, *extra) -> tuple[list[str], dict]:
+    """The command (and its environment) a node runs to join a two-node run of one process each, the first node on
+    127.0.0.1:29500: the README's multi-node recipes with 1 process a node. "slurm": `example_data/slurm/node.sh`, which
+    `srun` starts on each node, with the variables SLURM and `train.sbatch` set (no SLURM here)."""
+    exe = Path(sys.executable).parent
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    if launcher == "torchrun":
+        cmd = [str(exe / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank)]
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", "29500"]
+    elif launcher == "accelerate":  # accelerate's launcher for several machines; --num_processes counts all of them
+        cmd = [str(exe / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank)]
+        cmd += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", "29500"]
+    else:
+        env.update(SLURM_NNODES="2", SLURM_NODEID=str(rank), MASTER_ADDR="127.0.0.1", GPUS_PER_NODE="1")
+        env["PATH"] = f"{exe}{os.pathsep}{env.get('PATH', '')}"
+        return ["bash", str(EXAMPLES / "slurm" / "node.sh"), str(cfg), *extra], env
+    return cmd + ["-m", "embed_nb.train", "--config", str(cfg), *extra], env
+
+
+def start_nodes(launcher: str, cfg, *extra) -> list[subprocess.Popen]:
+    nodes = []
+    for rank in (0, 1):
+        cmd, env = node_command(launcher, rank, cfg, *extra)
+        opts = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        nodes.append(subprocess.Popen(cmd, **opts))
+    return nodes
+
+
+def finish(nodes) -> list[tuple[str, str]]:
     said = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in said]
+    return said
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_nodes_equal_one_process(model, launcher, tmp_path):
+    """Two launchers, as on two nodes (one process each, node rank 0 and 1, rendezvous on 127.0.0.1, one shared
+    output_dir), by `torchrun --nnodes 2` and by `accelerate launch --num_machines 2`: the same run as one process with
+    the whole batch, one log, one model, said once."""
+    train(config(model, "hard_neg", tmp_path / "single", **MRL))
+    cfg = write_yaml(tmp_path / "c.yaml", config(model, "hard_neg", tmp_path / "nodes", batch_size=4, **MRL))
+    said = finish(start_nodes(launcher, cfg))
     run = run_of(tmp_path / "nodes")
     assert (run["world_size"], run["negatives_cross_device"], run["replicas_max_abs_diff"]) == (2, True, 0.0)
     assert_same_run(tmp_path / "single", tmp_path / "nodes")
     assert [out.count("model saved in") for out, _ in said] == [1, 0]  # said once, by the first node's process
+
+
+def test_two_nodes_killed_and_resumed(model, tmp_path):
+    """A two-node run started by `example_data/slurm/node.sh` on each "node" (as `srun` does), both killed (kill -9,
+    every process of each) after the first checkpoint, then started again the same way (as a requeued job is): it goes
+    on from that checkpoint and ends as one process with the whole batch does."""
+    from test_reliability import kill_all
+
+    steps = dict(max_steps=12, **MRL)  # the kill comes 8 steps before the end
+    train(config(model, "hard_neg", tmp_path / "single", **steps))
+    out = tmp_path / "nodes"
+    cfg = write_yaml(tmp_path / "c.yaml", config(model, "hard_neg", out, batch_size=4, save_steps=4, **steps))
+    nodes = start_nodes("slurm", cfg)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-step-4" / "embed_nb.json").is_file() and all(p.poll() is None for p in nodes):
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    for p in nodes:
+        kill_all(p.pid)
+        p.communicate()
+    assert not (out / "model").exists(), "the run ended before it was killed"
+    finish(start_nodes("slurm", cfg))
+    run = run_of(out)
+    assert run["world_size"] == 2 and run["resumed"][0]["step"] >= 4, run.get("resumed")
+    assert_same_run(tmp_path / "single", out)
 
 
 def test_spec_fsdp_config_names_the_models_layers_and_is_refused_clearly_on_cpu(model, tmp_path):
