@@ -14,7 +14,7 @@ min_python = cfg['min_python']
 
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
-extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('lora', 'deepspeed')}
+extras = {name: cfg.get(f'{name}_requirements', '').split() for name in ('lora', 'deepspeed', 'faiss')}
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split('\n') if s.strip()]
 
 setuptools.setup(

@@ -206,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--query-prompt", default=None, help="prompt of queries without their own prompt_for_query")
     m.add_argument("--batch-size", type=int, default=64)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--index",
+        default="auto",
+        choices=["auto", "exact", "ivf"],
+        help="exact search, a FAISS IVF index (approximate; pip install faiss-cpu), or auto: ivf past 200,000 documents",
+    )
+    m.add_argument(
+        "--nprobe", type=int, default=None, help="clusters an ivf search visits a query (more: slower, surer)"
+    )
     s = sub.add_parser("score", help="grade each query's documents with a cross-encoder: writes {query, pos, scores}")
     s.add_argument("--cross-encoder", required=True, help="sentence-transformers CrossEncoder name or folder")
     s.add_argument("--data", required=True, help="{query, pos} or {query, pos, neg} jsonl file")
@@ -287,6 +296,8 @@ def run_mine(a):
         batch_size=a.batch_size,
         query_prompt=a.query_prompt,
         seed=a.seed,
+        search_index=a.index,
+        nprobe=a.nprobe,
     )
     print(report)
     return report

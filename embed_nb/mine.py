@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -27,7 +28,7 @@ from .evaluate import search
 
 # %% auto #0
 __all__ = ['read_corpus', 'read_mining_rows', 'MiningReport', 'mine_hard_negatives', 'plot_mining', 'mined_table',
-           'make_tiny_cross_encoder', 'score_with_cross_encoder', 'teacher_embeddings']
+           'approximate_search', 'make_tiny_cross_encoder', 'score_with_cross_encoder', 'teacher_embeddings']
 
 # %% ../nbs/10_mine.ipynb #c293fa47
 def read_corpus(path) -> list[str]:
@@ -73,6 +74,8 @@ class MiningReport:
     pos_scores: np.ndarray = field(repr=False)  # each query's positive score (the lowest, with several)
     neg_scores: list = field(repr=False)  # the scores of each query's kept negatives
     left_out: bool = False  # whether the `skipped` queries were left out of the file (`keep_all=False`)
+    search: str = "exact"  # how the corpus was searched: "exact", or "ivf" (a FAISS index: approximate)
+    recall: float | None = None  # with "ivf": its recall@k against exact search on a sample of queries
 
     def __str__(self):
         return (
@@ -81,6 +84,11 @@ class MiningReport:
             f"fewer than asked, {self.skipped} of them with none ("
             + ("left out" if self.left_out else "written without negatives: they train on in-batch negatives")
             + ")"
+            + (
+                f"; searched by a FAISS IVF index, recall@k {self.recall:.3f} against exact search"
+                if self.recall
+                else ""
+            )
         )
 
 
@@ -229,14 +237,44 @@ def _load_cross_encoder(cross_encoder):
 
 
 def _unit_encode(model, texts: list[str], batch_size: int, bar=None, chunk: int = 1024) -> np.ndarray:
-    "Unit-length float32 vectors of `texts`, `chunk` texts at a time (advancing the progress bar `bar`)."
-    parts = []
+    """Unit-length float32 vectors of `texts`, `chunk` texts at a time (advancing the progress bar `bar`), written into
+    one array: the vectors of a million documents take their 1.5 GB (384 dims) once, not once a step."""
+    v = None
     for s in range(0, len(texts), chunk):
-        parts.append(np.asarray(model.encode(texts[s : s + chunk], batch_size=batch_size), dtype=np.float32))
+        part = np.asarray(model.encode(texts[s : s + chunk], batch_size=batch_size), dtype=np.float32)
+        if v is None:
+            v = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        v[s : s + len(part)] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
         if bar is not None:
-            bar.update(len(parts[-1]))
-    v = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            bar.update(len(part))
+    return v if v is not None else np.zeros((0, 1), dtype=np.float32)
+
+
+def _faiss():
+    "The faiss module, or one line saying how to install it."
+    try:
+        import faiss
+    except ImportError:
+        raise ConfigError(
+            "search_index ivf needs faiss: pip install embed_nb[faiss] (faiss-cpu), or search_index: exact"
+        ) from None
+    return faiss
+
+
+def _auto_index(n_docs: int, approximate_above: int) -> str:
+    "The search `search_index='auto'` uses for `n_docs` documents: ivf past `approximate_above` if faiss is installed."
+    if n_docs <= approximate_above:
+        return "exact"
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        print(
+            f"mining {n_docs:,} documents by exact search (slow at this size): pip install faiss-cpu for an approximate "
+            "index",
+            file=sys.stderr,
+        )
+        return "exact"
+    return "ivf"
 
 # %% ../nbs/10_mine.ipynb #5e2c3cca
 def mine_hard_negatives(
@@ -257,12 +295,19 @@ def mine_hard_negatives(
     seed: int = 0,  # seed of the sampling
     keep_all: bool = True,  # write the queries left without a negative too, without `neg`; False: leave them out
     doc_block: int = 16384,  # documents scored at a time (memory)
+    search_index: str = "auto",  # "exact"; "ivf": a FAISS index (approximate); "auto": ivf past `approximate_above`
+    approximate_above: int = 200_000,  # documents beyond which "auto" searches approximately (when faiss is installed)
+    nprobe: int | None = None,  # clusters an ivf search visits a query (None: `approximate_search`'s default)
 ) -> MiningReport:
     "Mine hard negatives for each query of `data` from `corpus` and write them in the hard-negative format."
     _check_out(out, data=data, corpus=corpus)
     lo, hi = _parse_range(rank_range)
     if pick not in ("random", "top"):
         raise ConfigError(f"pick {pick!r}: must be random or top")
+    if search_index not in ("auto", "exact", "ivf"):
+        raise ConfigError(f"search_index {search_index!r}: must be auto, exact or ivf")
+    if search_index == "ivf":
+        _faiss()  # installed, or one line before any work
     if num_negatives < 1 or num_negatives > hi - lo + 1:
         raise ConfigError(
             f"num_negatives {num_negatives}: must be between 1 and the {hi - lo + 1} ranks of range {lo}-{hi}"
@@ -290,7 +335,12 @@ def mine_hard_negatives(
         q = _unit_encode(enc, [c["query"] for _, _, c in rows], batch_size, bar)
         d = _unit_encode(enc, docs, batch_size, bar)
     k = min(len(docs), hi + max(map(len, pos_ids)))
-    scores, found = search(q, d, k, doc_block=doc_block)
+    how = search_index if search_index != "auto" else _auto_index(len(docs), approximate_above)
+    recall = None
+    if how == "ivf":
+        scores, found, recall = approximate_search(q, d, k, nprobe=nprobe, seed=seed)
+    else:
+        scores, found = search(q, d, k, doc_block=doc_block)
     rng = random.Random(seed)
     pos_scores, ranked, kept = [], [], []  # per query: the positive's score, the candidates in range, those kept
     same = lambda t: " ".join(t.lower().split())  # texts equal but for case and spacing
@@ -298,7 +348,9 @@ def mine_hard_negatives(
     copies = 0
     for r, pids in enumerate(pos_ids):
         pos_scores.append(float(min(q[r] @ d[j] for j in pids)))
-        ranked.append([(float(s), int(j)) for s, j in zip(scores[r], found[r]) if int(j) not in pids][lo - 1 : hi])
+        ranked.append(
+            [(float(s), int(j)) for s, j in zip(scores[r], found[r]) if j >= 0 and j not in pids][lo - 1 : hi]
+        )
         p = d[sorted(pids)]
         copy = lambda j: (
             same(docs[j]) in pos_texts[r]
@@ -340,7 +392,18 @@ def mine_hard_negatives(
     n = sum(map(len, neg_scores))
     skipped = len(rows) - given
     return MiningReport(
-        str(out), given, n, dropped, short, skipped, copies, np.array(pos_scores), neg_scores, not keep_all
+        str(out),
+        given,
+        n,
+        dropped,
+        short,
+        skipped,
+        copies,
+        np.array(pos_scores),
+        neg_scores,
+        not keep_all,
+        how,
+        recall,
     )
 
 # %% ../nbs/10_mine.ipynb #8d2e393d
@@ -385,6 +448,42 @@ def mined_table(report: MiningReport, n: int = 5, suspect: float = 0.9, width: i
                     }
                 )
     return pd.DataFrame(rows).set_index(["query", "positive"])
+
+# %% ../nbs/10_mine.ipynb #93ad449f
+def approximate_search(
+    queries: np.ndarray,  # unit query vectors, one a row
+    docs: np.ndarray,  # unit document vectors, one a row
+    k: int,  # documents to keep per query
+    nlist: int | None = None,  # clusters of the index (None: about √documents)
+    nprobe: int | None = None,  # clusters searched a query (None: nlist / 8, at least 32)
+    check: int = 256,  # queries also searched exactly, to measure the recall
+    seed: int = 0,
+    chunk: int = 65536,  # vectors added or searched at a time
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Top-`k` (scores, indices; -1 where a query's clusters held fewer than `k` documents) by inner product from a
+    FAISS IVF index, and its recall@k against exact search on `check` random queries."""
+    faiss = _faiss()
+    n, dim = docs.shape
+    k = min(k, n)
+    nlist = nlist or max(1, min(round(math.sqrt(n)), n // 39))  # faiss asks for 39 training points a cluster
+    rng = np.random.default_rng(seed)
+    sample = docs[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]  # what k-means learns from
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for s in range(0, n, chunk):
+        index.add(np.ascontiguousarray(docs[s : s + chunk], dtype=np.float32))
+    index.nprobe = min(nlist, nprobe or max(32, nlist // 8))
+    parts = [
+        index.search(np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32), k)
+        for s in range(0, len(queries), chunk)
+    ]
+    scores = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.float32)
+    found = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), np.int64)
+    probe = np.sort(rng.choice(len(queries), min(check, len(queries)), replace=False))
+    _, exact = search(queries[probe], docs, k)
+    recall = float(np.mean([len(set(found[r]) & set(e)) / k for r, e in zip(probe, exact)])) if len(probe) else 1.0
+    return scores, found, recall
 
 # %% ../nbs/10_mine.ipynb #89bc9391
 def make_tiny_cross_encoder(path, texts: list[str] = (), hidden: int = 32, seed: int = 0) -> str:
