@@ -236,6 +236,12 @@ class TrainConfig:
     query_prompt: str | None = _data(
         None, "put before every query without its own prompt_for_query (an LLM embedder's instruction)", new=True
     )
+    data_on_disk: bool | None = _data(
+        None,
+        "read the data once into a store on disk that every process maps (memory flat in the rows); None: above 256 MB",
+        new=True,
+    )
+    data_cache_dir: str | None = _data(None, "folder of that store; None: beside the data (FILE.embed_nb/)", new=True)
     output_dir: str = _output("./output", "folder of the run: log, checkpoints, model")
     save_on_epoch_end: bool = _output(True, "save a checkpoint after every epoch")
     num_max_checkpoints: int = _output(5, "keep at most this many checkpoints of the run (the newest)", at_least(1))

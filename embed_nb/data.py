@@ -11,7 +11,10 @@ import json
 import math
 import random
 import re
+import os
+import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .core import DataError, TrainConfig, _not_a_file
+from .core import DataError, TrainConfig, _not_a_file, atomic_write
 
 # %% auto #0
-__all__ = ['FORMATS', 'MAX_SCORE', 'DEFAULT_NEG_NUMS', 'CHARS_PER_TOKEN', 'DataFormat', 'detect_format', 'check_record',
-           'read_jsonl', 'read_examples', 'sample_negatives', 'load_teacher_vectors', 'EmbeddingDataset', 'text_key',
-           'clip', 'Collator', 'padded_width', 'TokenCache', 'CachedCollator', 'pack_batches', 'pack_partial',
-           'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction', 'row_texts', 'make_loader']
+__all__ = ['FORMATS', 'MAX_SCORE', 'DEFAULT_NEG_NUMS', 'CHARS_PER_TOKEN', 'STORE_VERSION', 'DISK_ABOVE', 'DataFormat',
+           'detect_format', 'check_record', 'read_jsonl', 'read_examples', 'sample_negatives', 'load_teacher_vectors',
+           'EmbeddingDataset', 'text_key', 'clip', 'Collator', 'padded_width', 'TokenCache', 'CachedCollator',
+           'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction',
+           'row_texts', 'make_loader', 'DiskExamples', 'DiskTokens', 'build_store', 'open_store']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -293,15 +297,23 @@ class EmbeddingDataset(Dataset):
         teacher_dim: int | None = None,  # its width; inferred from the file size when None
         seed: int = 0,
         query_prompt: str | None = None,  # put before queries without their own `prompt_for_query`
+        store: DiskExamples | None = None,  # the file's examples from its store on disk (`open_store`), not read again
     ):
-        self.path, self.neg_nums, self.seed, self.epoch = Path(path), neg_nums, seed, 0
-        self.format, self.examples = read_examples(path, query_prompt)
-        self.spec = FORMATS[self.format]
-        self.rows = [
-            (i, j)
-            for i, ex in enumerate(self.examples)
-            for j in (range(len(ex["pos"])) if self.spec.row_per_positive else [0])
-        ]
+        self.path, self.neg_nums, self.seed, self.epoch, self.store = Path(path), neg_nums, seed, 0, store
+        if store is not None:  # rows as two integer arrays: a few bytes a row, whatever the texts
+            self.format, self.examples = store.format, store
+            self.spec = FORMATS[self.format]
+            per = store.pos.counts() if self.spec.row_per_positive else np.ones(len(store), dtype=np.int64)
+            i = np.repeat(np.arange(len(store)), per)
+            self.rows = np.stack([i, np.arange(len(i)) - np.repeat(np.cumsum(per) - per, per)], axis=1)
+        else:
+            self.format, self.examples = read_examples(path, query_prompt)
+            self.spec = FORMATS[self.format]
+            self.rows = [
+                (i, j)
+                for i, ex in enumerate(self.examples)
+                for j in (range(len(ex["pos"])) if self.spec.row_per_positive else [0])
+            ]
         self.teacher = None
         if self.spec.teacher:
             if teacher_vectors is None:
@@ -316,8 +328,14 @@ class EmbeddingDataset(Dataset):
     def __len__(self):
         return len(self.rows)
 
+    def most_negatives(self) -> int:
+        "The most hard negatives a line of the file holds."
+        if self.store is not None:
+            return int(self.store.neg.counts().max(initial=0))
+        return max((len(e.get("neg", [])) for e in self.examples), default=0)
+
     def __getitem__(self, idx):
-        i, j = self.rows[idx]
+        i, j = (int(x) for x in self.rows[idx])
         ex, spec = self.examples[i], self.spec
         item = {"query": ex["query"]}
         if spec.row_per_positive:
@@ -670,6 +688,8 @@ def make_loader(
     "A DataLoader of this process's batches: tokenised once (ahead, in a thread), grouped by length, as `cfg` says."
     multiple = cfg.pad_to_multiple_of or (64 if torch.device(device).type == "cuda" else 1)
     collate = CachedCollator(tokenizer, cfg.query_max_len, cfg.passage_max_len, cfg.pad_to_max_length, multiple)
+    if dataset.store is not None:
+        return _store_loader(dataset, tokenizer, cfg, collate, world_size, rank, device)
     rows = row_texts(dataset)
     keys = None
     if cfg.no_duplicates:
@@ -691,3 +711,318 @@ def make_loader(
     sampler.later_lengths = lambda: _row_lengths(rows, collate, cfg, exact=True)
     pin = torch.device(device).type == "cuda"  # page-locked batches copy to the GPU without a wait
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin)
+
+
+def _store_loader(dataset, tokenizer, cfg: TrainConfig, collate: CachedCollator, world_size: int, rank: int, device):
+    """`make_loader` for data in a store on disk: token ids, exact lengths and duplicate keys come from its memory-mapped
+    files (built once, by one process of each machine); nothing is tokenised during the run."""
+    store = dataset.store
+    tokens = store.tokens(tokenizer, cfg.query_max_len, cfg.passage_max_len)
+    collate.caches[cfg.query_max_len].ids = tokens.ids("query")
+    if cfg.passage_max_len != cfg.query_max_len:
+        collate.caches[cfg.passage_max_len].ids = tokens.ids("doc")
+    ex, j = dataset.rows[:, 0], dataset.rows[:, 1]
+    text_keys = np.asarray(store.keys)
+    q = np.asarray(store.query)[ex]
+    lengths = tokens.lengths("query", q)
+    if dataset.spec.documents and dataset.spec.row_per_positive:  # the row's positive
+        d = np.asarray(store.pos.flat)[np.asarray(store.pos.offsets)[ex] + j]
+        lengths = lengths + tokens.lengths("doc", d)
+        keys = np.stack([text_keys[q], text_keys[d]], axis=1)
+    elif dataset.spec.graded:  # the longest of the line's documents
+        doc_len = tokens.lengths("doc", np.asarray(store.pos.flat))
+        lengths = lengths + np.maximum.reduceat(doc_len, np.asarray(store.pos.offsets)[:-1])[ex]
+        keys = text_keys[q][:, None]
+    else:
+        keys = text_keys[q][:, None]
+    sampler = BatchSampler(
+        lengths,
+        cfg.batch_size,
+        cfg.shuffle,
+        cfg.seed,
+        cfg.group_by_length and cfg.shuffle,
+        cfg.length_mega_batch,
+        [tuple(k) for k in keys.tolist()] if cfg.no_duplicates else None,
+        world_size,
+        rank,
+    )
+    pin = torch.device(device).type == "cuda"
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, pin_memory=pin)
+
+# %% ../nbs/01_data.ipynb #d01cb4b7
+STORE_VERSION = 1  # the layout of a store; a store of another version is built again
+DISK_ABOVE = 256 * 2**20  # `data_on_disk: None`: training files larger than this (bytes) are read into a store
+
+
+class _Ragged:
+    "Lists of numbers as one flat memory-mapped array and offsets: `r[i]` is the i-th list (a view, nothing copied)."
+
+    def __init__(self, folder: Path, name: str):
+        self.folder, self.name = folder, name
+        self.offsets = np.load(folder / f"{name}_offsets.npy", mmap_mode="r")
+        self.flat = np.load(folder / f"{name}.npy", mmap_mode="r")
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _save_ragged(folder: Path, name: str, flat, counts, dtype):
+    "Write lists given as their concatenation `flat` and their lengths `counts` (what `_Ragged` reads)."
+    np.save(folder / f"{name}.npy", np.asarray(flat, dtype=dtype))
+    np.save(folder / f"{name}_offsets.npy", np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))]))
+
+
+def _store_lock(folder: Path):
+    "An exclusive lock on `folder` (created): one process of a node builds a store, the others wait for it."
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _build_atomically(final: Path, build):
+    "Run `build(tmp)` into a temporary folder beside `final` and rename it to `final`, under the lock: once, whole."
+    with _store_lock(final.parent):
+        if (final / "meta.json").is_file():
+            return
+        tmp = final.parent / f".{final.name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            build(tmp)
+            os.replace(tmp, final) if not final.exists() else (shutil.rmtree(final), os.replace(tmp, final))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class DiskExamples(Sequence):
+    """The examples of a training jsonl file as `read_examples` gives them, read from a store on disk: every text once,
+    in memory-mapped arrays that all the processes of a machine share (the page cache); `store[i]` is one example."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.format = self.meta["format"]
+        self.bytes = np.load(self.folder / "text_bytes.npy", mmap_mode="r")
+        self.text_offsets = np.load(self.folder / "text_offsets.npy", mmap_mode="r")
+        self.keys = np.load(self.folder / "text_keys.npy", mmap_mode="r")  # text_key of each text
+        self.sorted_keys = np.load(self.folder / "sorted_keys.npy", mmap_mode="r")  # distinct keys, ascending
+        self.sorted_ids = np.load(self.folder / "sorted_ids.npy", mmap_mode="r")  # ... the text of each
+        self.query = np.load(self.folder / "query.npy", mmap_mode="r")  # the query's text, per example
+        self.pos, self.neg = _Ragged(self.folder, "pos"), _Ragged(self.folder, "neg")
+        self.scores = _Ragged(self.folder, "scores") if (self.folder / "scores.npy").is_file() else None
+
+    def __reduce__(self):  # a process gets the folder, and maps the files itself
+        return DiskExamples, (self.folder,)
+
+    def __len__(self):
+        return len(self.query)
+
+    def text(self, t: int) -> str:
+        return bytes(self.bytes[self.text_offsets[t] : self.text_offsets[t + 1]]).decode("utf-8")
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        ex = {"query": self.text(self.query[i])}
+        for name, ids in (("pos", self.pos[i]), ("neg", self.neg[i])):
+            if len(ids):
+                ex[name] = [self.text(t) for t in ids]
+        if self.scores is not None:
+            ex["scores"] = [float(s) for s in self.scores[i]]
+        return ex
+
+    def tokens(self, tokenizer, query_max_len: int, passage_max_len: int) -> "DiskTokens":
+        "The token ids of every text for `tokenizer`, built once into this store (a progress bar) and reused."
+        name = f"tokens-{_tokenizer_hash(tokenizer)}-{query_max_len}-{passage_max_len}"
+        _build_atomically(
+            self.folder / name, lambda tmp: _tokenize_store(self, tokenizer, query_max_len, passage_max_len, tmp)
+        )
+        return DiskTokens(self, self.folder / name)
+
+
+def _tokenizer_hash(tokenizer) -> str:
+    "A hash of what makes a tokenizer's ids: its class, vocabulary and rules (a fast tokenizer's whole JSON)."
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    spec += type(tokenizer).__name__ + repr(getattr(tokenizer, "init_kwargs", {}).get("do_lower_case"))
+    return hashlib.blake2b(spec.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _tokenize_store(store: DiskExamples, tokenizer, query_max_len: int, passage_max_len: int, out: Path, chunk=8192):
+    "Token ids of the store's distinct texts: queries at `query_max_len`, documents at `passage_max_len` (clipped first)."
+    from tqdm.auto import tqdm
+
+    roles = {"query": np.unique(store.query)}
+    docs = np.unique(np.concatenate([store.pos.flat, store.neg.flat]).astype(np.int64))
+    if query_max_len == passage_max_len:  # one length: one set of ids for every text
+        roles = {"query": np.union1d(roles["query"], docs)}
+    elif len(docs):
+        roles["doc"] = docs
+    tok = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps its settings
+    with tqdm(total=sum(map(len, roles.values())), desc="tokenising the data store", unit="text") as bar:
+        for role, ids in roles.items():
+            max_len = query_max_len if role == "query" else passage_max_len
+            flat, counts = [], []
+            for s in range(0, len(ids), chunk):
+                texts = [clip(store.text(t), max_len) for t in ids[s : s + chunk]]
+                enc = tok(texts, truncation=True, max_length=max_len, padding=False)["input_ids"]
+                counts += [len(e) for e in enc]
+                flat.append(np.concatenate([np.asarray(e, dtype=np.int32) for e in enc]))
+                bar.update(len(texts))
+            np.save(out / f"{role}_ids.npy", ids)
+            _save_ragged(out, role, np.concatenate(flat) if flat else [], counts, np.int32)
+    (out / "meta.json").write_text(json.dumps({"roles": list(roles), "query_max_len": query_max_len}))
+
+
+class DiskTokens:
+    "The token ids of a store's texts, looked up by text (what `TokenCache` keeps in a dict) from memory-mapped files."
+
+    def __init__(self, store: DiskExamples, folder: Path):
+        self.store, self.folder = store, Path(folder)
+        roles = json.loads((self.folder / "meta.json").read_text())["roles"]
+        self.roles = {
+            r: (np.load(self.folder / f"{r}_ids.npy", mmap_mode="r"), _Ragged(self.folder, r)) for r in roles
+        }
+
+    def ids(self, role: str) -> "_TokenLookup":
+        "A dict-like text -> token ids of one role ('query' or 'doc'; with one maximum length, 'query' holds both)."
+        return _TokenLookup(self, self.roles.get(role, self.roles["query"]))
+
+    def lengths(self, role: str, text_ids) -> np.ndarray:
+        "Token counts of the texts `text_ids` (store ids) in `role`."
+        ids, ragged = self.roles.get(role, self.roles["query"])
+        return ragged.counts()[np.searchsorted(ids, np.asarray(text_ids, dtype=np.int64))]
+
+
+class _TokenLookup:
+    def __init__(self, tokens: DiskTokens, role):
+        self.store, (self.ids, self.ragged), self.extra = tokens.store, role, {}
+
+    def _find(self, text: str):
+        k = text_key(text)
+        i = int(np.searchsorted(self.store.sorted_keys, k))
+        if i < len(self.store.sorted_keys) and self.store.sorted_keys[i] == k:
+            j = int(np.searchsorted(self.ids, self.store.sorted_ids[i]))
+            if j < len(self.ids) and self.ids[j] == self.store.sorted_ids[i]:
+                return j
+        return None
+
+    def __contains__(self, text):
+        return text in self.extra or self._find(text) is not None
+
+    def __getitem__(self, text):
+        j = self._find(text)
+        return np.asarray(self.ragged[j]) if j is not None else self.extra[text]
+
+    def update(self, pairs):  # a text the store does not hold (none in training): kept in memory, as TokenCache does
+        self.extra.update(pairs)
+
+# %% ../nbs/01_data.ipynb #e45cfe71
+def build_store(path, folder, query_prompt: str | None = None) -> None:
+    """Read and check the training jsonl file `path` (every line, as `read_examples` does: the same errors, naming the
+    file and line) into the store `folder`: texts as UTF-8 bytes with offsets, each example as ids of its texts."""
+    from array import array
+
+    from tqdm.auto import tqdm
+
+    path, folder = Path(path), Path(folder)
+    text_file = open(folder / "text_bytes.bin", "wb")
+    ends, keys, query = array("q"), array("q"), array("q")
+    flat = {"pos": array("q"), "neg": array("q"), "scores": array("d")}
+    counts = {"pos": array("q"), "neg": array("q"), "scores": array("q")}
+    fmt, first, n, end = None, None, 0, 0
+
+    def add(text: str) -> int:
+        nonlocal end
+        b = text.encode("utf-8")
+        text_file.write(b)
+        end += len(b)
+        ends.append(end)
+        keys.append(text_key(text))
+        return len(ends) - 1
+
+    with text_file, tqdm(desc="reading the data into its store", unit=" lines") as bar:
+        for i, record in read_jsonl(path):
+            ex = check_record(record, path, i, query_prompt)
+            this = detect_format(record)
+            if fmt is None:
+                fmt, first = this, i
+            elif {this, fmt} == {"pair", "hard_neg"}:
+                fmt = "hard_neg"
+            elif this != fmt:
+                raise DataError(
+                    path,
+                    i,
+                    f"this line is in the '{this}' format {FORMATS[this].keys} but the file's "
+                    f"first line (line {first}) is '{fmt}' {FORMATS[fmt].keys}",
+                )
+            query.append(add(ex["query"]))
+            for name in ("pos", "neg"):
+                texts = ex.get(name, [])
+                flat[name].extend(add(t) for t in texts)
+                counts[name].append(len(texts))
+            flat["scores"].extend(ex.get("scores", []))
+            counts["scores"].append(len(ex.get("scores", [])))
+            n += 1
+            if n % 4096 == 0:
+                bar.update(4096)
+        bar.update(n % 4096)
+    if not n:
+        raise DataError(path, None, "file is empty: no training examples")
+    # every text once: each occurrence maps to the first text with its key (equal texts, equal keys)
+    keys = np.frombuffer(keys, dtype=np.int64)
+    distinct, first_at, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    canon = first_at[inverse]
+    np.save(folder / "text_bytes.npy", np.fromfile(folder / "text_bytes.bin", dtype=np.uint8))
+    (folder / "text_bytes.bin").unlink()
+    np.save(folder / "text_offsets.npy", np.concatenate([[0], np.frombuffer(ends, dtype=np.int64)]))
+    np.save(folder / "text_keys.npy", keys)
+    np.save(folder / "sorted_keys.npy", distinct)
+    np.save(folder / "sorted_ids.npy", first_at.astype(np.int64))
+    np.save(folder / "query.npy", canon[np.frombuffer(query, dtype=np.int64)])
+    for name in ("pos", "neg"):
+        _save_ragged(folder, name, canon[np.frombuffer(flat[name], dtype=np.int64)], counts[name], np.int64)
+    if fmt == "scored":
+        _save_ragged(folder, "scores", flat["scores"], counts["scores"], np.float64)
+    meta = dict(format=fmt, examples=n, texts=len(distinct), version=STORE_VERSION, source=str(path))
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def open_store(path, cache_dir=None, query_prompt: str | None = None) -> DiskExamples:
+    """The store of the training file `path`: built on first use (in `cache_dir`, by default `path`.embed_nb/ beside
+    it), reused while the file's content and `query_prompt` stay the same; a changed file gets a store of its own."""
+    from embed_nb.run_folder import file_hash
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, _not_a_file(path))
+    root = Path(cache_dir) if cache_dir else path.with_name(path.name + ".embed_nb")
+    st = path.stat()
+    seen = root / "seen.json"  # (path, size, mtime) -> content hash: a file not touched since is not read again
+    known = json.loads(seen.read_text()) if seen.is_file() else {}
+    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    content = known.get(stamp) or file_hash(path)
+    key = hashlib.blake2b(f"{content}|{query_prompt!r}|{STORE_VERSION}".encode(), digest_size=8).hexdigest()
+    final = root / f"rows-{key}"
+    try:
+        _build_atomically(final, lambda tmp: build_store(path, tmp, query_prompt))
+        if stamp not in known:
+            with _store_lock(root):
+                known = json.loads(seen.read_text()) if seen.is_file() else {}
+                atomic_write(seen, json.dumps({**known, stamp: content}))
+    except OSError as e:
+        raise DataError(
+            path,
+            None,
+            f"cannot write its data store in {root} ({e.strerror or e}): set data_cache_dir to a writable folder",
+        ) from None
+    return DiskExamples(final)

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .core import ConfigError, DataError, EmbedNbError, _sibling, atomic_write
-from .data import check_record, detect_format, read_jsonl
+from .data import check_record, detect_format, read_jsonl, text_key
 from .evaluate import search
 
 # %% auto #0
@@ -343,22 +343,27 @@ def mine_hard_negatives(
         scores, found = search(q, d, k, doc_block=doc_block)
     rng = random.Random(seed)
     pos_scores, ranked, kept = [], [], []  # per query: the positive's score, the candidates in range, those kept
-    same = lambda t: " ".join(t.lower().split())  # texts equal but for case and spacing
-    pos_texts = [{same(docs[j]) for j in pids} for pids in pos_ids]
+    # texts equal but for case and spacing have equal keys; each document's key is made once, when first needed
+    text_of = np.zeros(len(docs), dtype=np.int64)
+    made = np.zeros(len(docs), dtype=bool)
+
+    def same_text(ids: np.ndarray) -> np.ndarray:
+        for j in ids[~made[ids]]:
+            text_of[j], made[j] = text_key(" ".join(docs[j].lower().split())), True
+        return text_of[ids]
+
     copies = 0
     for r, pids in enumerate(pos_ids):
-        pos_scores.append(float(min(q[r] @ d[j] for j in pids)))
-        ranked.append(
-            [(float(s), int(j)) for s, j in zip(scores[r], found[r]) if j >= 0 and j not in pids][lo - 1 : hi]
-        )
-        p = d[sorted(pids)]
-        copy = lambda j: (
-            same(docs[j]) in pos_texts[r]
-            or (duplicate_score is not None and float((p @ d[j]).max()) >= duplicate_score)
-        )
-        n = len(ranked[-1])
-        ranked[-1] = [(s, j) for s, j in ranked[-1] if not copy(j)]
-        copies += n - len(ranked[-1])
+        pl = np.array(sorted(pids), dtype=np.int64)
+        pos_scores.append(float(min(q[r] @ d[j] for j in pl)))
+        f, s = found[r], scores[r]
+        mask = (f >= 0) & ~np.isin(f, pl)  # a search that found fewer than k marks the rest -1
+        f, s = f[mask][lo - 1 : hi], s[mask][lo - 1 : hi]
+        copy = np.isin(same_text(f), same_text(pl))
+        if duplicate_score is not None and len(f):
+            copy |= (d[pl] @ d[f].T).max(0) >= duplicate_score
+        copies += int(copy.sum())
+        ranked.append(list(zip(s[~copy].astype(float).tolist(), f[~copy].tolist())))
         limit = min(
             margin * pos_scores[-1] if margin is not None else np.inf, max_score if max_score is not None else np.inf
         )
@@ -454,8 +459,8 @@ def approximate_search(
     queries: np.ndarray,  # unit query vectors, one a row
     docs: np.ndarray,  # unit document vectors, one a row
     k: int,  # documents to keep per query
-    nlist: int | None = None,  # clusters of the index (None: about √documents)
-    nprobe: int | None = None,  # clusters searched a query (None: nlist / 8, at least 32)
+    nlist: int | None = None,  # clusters of the index (None: about 4 √documents, at least 40 documents each)
+    nprobe: int | None = None,  # clusters searched a query (None: 32)
     check: int = 256,  # queries also searched exactly, to measure the recall
     seed: int = 0,
     chunk: int = 65536,  # vectors added or searched at a time
@@ -465,15 +470,15 @@ def approximate_search(
     faiss = _faiss()
     n, dim = docs.shape
     k = min(k, n)
-    nlist = nlist or max(1, min(round(math.sqrt(n)), n // 39))  # faiss asks for 39 training points a cluster
+    nlist = nlist or max(1, min(round(4 * math.sqrt(n)), n // 40))  # faiss asks for 39 training points a cluster
     rng = np.random.default_rng(seed)
-    sample = docs[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]  # what k-means learns from
+    sample = docs[np.sort(rng.choice(n, min(n, 40 * nlist), replace=False))]  # what k-means learns from
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     for s in range(0, n, chunk):
         index.add(np.ascontiguousarray(docs[s : s + chunk], dtype=np.float32))
-    index.nprobe = min(nlist, nprobe or max(32, nlist // 8))
+    index.nprobe = min(nlist, nprobe or 32)
     parts = [
         index.search(np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32), k)
         for s in range(0, len(queries), chunk)

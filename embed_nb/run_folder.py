@@ -470,7 +470,7 @@ def set_rng_state(state: dict):
 RESUME_FREE = {"resume_from_checkpoint", "overwrite_output_dir", "output_dir", "log_with", "num_max_checkpoints"}
 RESUME_FREE |= {"save_steps", "save_on_epoch_end", "eval_dataset", "eval_steps", "eval_dims", "eval_k", "merge_base"}
 RESUME_FREE |= {"keep_best_dim"}
-RESUME_FREE |= {"memory_check", "resume_changed_data"}
+RESUME_FREE |= {"memory_check", "resume_changed_data", "data_on_disk", "data_cache_dir"}
 
 
 DATA_KEYS = ("train_dataset", "train_dataset_vec")  # the files a run trains on

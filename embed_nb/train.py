@@ -29,7 +29,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .card import last_eval, model_card
 from .core import ConfigError, RunStopped, TrainConfig, atomic_write, begin_folder, load_config, publish_folder
 from .core import stop_signals
-from .data import DEFAULT_NEG_NUMS, EmbeddingDataset, make_loader
+from .data import DEFAULT_NEG_NUMS, DISK_ABOVE, EmbeddingDataset, make_loader, open_store
 from .distributed import barrier, check_fsdp_layers, check_strategy, full_state_dict, gather_batch
 from .distributed import gather_plain, launch_one_process, launch_processes, make_accelerator, no_zero3_init
 from .distributed import process_rank, process_settings, progress_bar, replica_spread, reset_accelerate_state
@@ -55,10 +55,27 @@ def _optimizer(model, cfg: TrainConfig, fused: bool = False):
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 # %% ../nbs/09_train.ipynb #95cd92e9
+def _size(path) -> int:
+    "The size of file `path` in bytes, 0 when it cannot be read (the reading that follows says why)."
+    try:
+        return os.path.getsize(path)
+    except (OSError, TypeError):
+        return 0
+
+
 def read_data(cfg: TrainConfig) -> tuple[EmbeddingDataset, object]:
     "The training rows and the evaluation data (None without `eval_dataset`), both checked."
+    store = None
+    if cfg.data_on_disk or (cfg.data_on_disk is None and _size(cfg.train_dataset) > DISK_ABOVE):
+        store = open_store(cfg.train_dataset, cfg.data_cache_dir, cfg.query_prompt)
     dataset = EmbeddingDataset(
-        cfg.train_dataset, cfg.neg_nums, cfg.train_dataset_vec, cfg.teacher_embedding_dim, cfg.seed, cfg.query_prompt
+        cfg.train_dataset,
+        cfg.neg_nums,
+        cfg.train_dataset_vec,
+        cfg.teacher_embedding_dim,
+        cfg.seed,
+        cfg.query_prompt,
+        store=store,
     )
     if cfg.train_type == "distill" and not dataset.spec.teacher:
         raise ConfigError(
@@ -80,7 +97,7 @@ def notices(cfg: TrainConfig, dataset: EmbeddingDataset) -> list[str]:
             f"mrl_dims {cfg.mrl_dims} is set but use_mrl is false: the model trains at its full width only "
             "(use_mrl: true trains those dimensions)"
         )
-    most = max((len(e.get("neg", [])) for e in dataset.examples), default=0)
+    most = dataset.most_negatives()
     if cfg.neg_nums and most and cfg.neg_nums > most:
         out.append(
             f"neg_nums {cfg.neg_nums}: no line holds more than {most} negatives, so each is repeated about "
@@ -251,7 +268,7 @@ def check_memory(self: Run, model: Embedding, loader):
     q_len = longest([ex["query"] for ex in sample], cfg.query_max_len)
     d_len = longest([t for ex in sample for t in ex.get("pos", []) + ex.get("neg", [])], cfg.passage_max_len)
     if ds.spec.hard_negatives:
-        negs = max(len(ex.get("neg", [])) for ex in ds.examples)
+        negs = ds.most_negatives()
         docs = 1 + (min(negs, DEFAULT_NEG_NUMS) if cfg.neg_nums is None else cfg.neg_nums)
     else:
         docs = max((len(ex.get("pos", [])) for ex in sample), default=0) if ds.spec.graded else int(ds.spec.documents)
