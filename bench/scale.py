@@ -1,4 +1,15 @@
-"""Mining at scale: hard-negative mining of --queries queries against 100,000 and 1,000,000 documents, from vectors
+"""Scale: training rows held on disk, and mining many documents (`--what rows` or `--what mining`).
+
+**Rows** (`--what rows --rows 10000,100000,1000000`): a 2-step training run of a tiny random model on synthetic
+hard-negative rows (a 10-word query, its own 40-word positive, 2 negatives drawn from the other positives), in a fresh
+process each: reading the rows into memory (`data_on_disk: false`; up to --memory-up-to rows), from a store on disk
+built by that run (`data_on_disk: true`, first run: the build included), and from the store a previous run built; one
+process, and two (`launch(..., num_processes=2)`: the data is read in the launching process, then each training
+process maps the store or gets the rows). Per run: the time from the process's start to the end of step 1, the whole
+process, and the peak resident memory of a training process (with two: the larger of the two). The model is tiny so
+that what is measured is the data's cost, not the steps'.
+
+**Mining**: hard-negative mining of --queries queries against 100,000 and 1,000,000 documents, from vectors
 computed beforehand, so that the search and what mining does around it are what is timed, not an encoder.
 
 Contenders, each in a fresh process, on the same vectors and texts: embed_nb's `mine_hard_negatives` with exact search
@@ -23,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +49,12 @@ CONTENDERS = ["embed_nb_exact", "embed_nb_ivf", "st_faiss"]
 
 
 def parse(argv=None):
-    p = parser(__doc__, "worker", "data")
+    p = parser(__doc__, "worker", "data", "out")
+    p.add_argument("--what", default="mining", choices=["mining", "rows"])
+    p.add_argument("--rows", default="10000,100000,1000000", help="training rows (--what rows), a comma list")
+    p.add_argument(
+        "--memory-up-to", type=int, default=100_000, help="rows up to which the in-memory runs are made too"
+    )
     p.add_argument("--docs", default="100000,1000000", help="corpus sizes, a comma list")
     p.add_argument("--queries", type=int, default=10000)
     p.add_argument("--dim", type=int, default=384)
@@ -149,8 +166,130 @@ def st_worker(a) -> dict:
     return {"mining_s": took, "peak_rss_mib": peak_rss_mib(), "recall": None, "rows": len(out)}
 
 
+WORDS = "policy cover claim premium annuity insurer term life health auto home rider benefit deductible payout".split()
+
+
+def make_rows(path: Path, n: int, seed: int = 0):
+    "`n` synthetic hard-negative rows: a 10-word query, its own 40-word positive, 2 negatives from the other positives."
+    rng = np.random.default_rng(seed)
+    words = np.array([f"{w}{i}" for w in WORDS for i in range(40)])  # 600 words: the tiny model's vocabulary
+    with open(path, "w") as f:
+        for s in range(0, n, 10_000):
+            m = min(10_000, n - s)
+            q, d = rng.choice(words, (m, 10)), rng.choice(words, (m, 40))
+            for i in range(m):
+                negs = rng.integers(0, m, 2)
+                f.write(
+                    json.dumps(
+                        {"query": " ".join(q[i]), "pos": [" ".join(d[i])], "neg": [" ".join(d[j]) for j in negs]}
+                    )
+                    + "\n"
+                )
+    return words
+
+
+def process_age() -> float:
+    "Seconds since this process started (Linux: its start time in /proc, against the uptime)."
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return float(Path("/proc/uptime").read_text().split()[0]) - start
+
+
+def rows_worker(a) -> dict:
+    from embed_nb.train import train
+
+    first = []
+    cfg = dict(
+        model_name_or_path=str(Path(a.data).parent / "tiny" / "model"),
+        train_dataset=a.data,
+        output_dir=a.out,
+        overwrite_output_dir=True,
+        batch_size=32,
+        neg_nums=2,
+        max_steps=2,
+        log_interval=1,
+        query_max_len=32,
+        passage_max_len=64,
+        save_on_epoch_end=False,
+        data_on_disk=not a.worker.startswith("memory"),
+        data_cache_dir=str(Path(a.data).parent / "store"),
+    )
+    if not a.worker.endswith("_2p"):
+        train(cfg, callbacks=[lambda rec: first.append(process_age())])
+        return {"first_step_s": first[0], "peak_rss_mib": peak_rss_mib(), "end_s": process_age()}
+    import resource
+    import threading
+
+    from embed_nb.train import launch
+
+    def watch():  # the first log record of the launched processes
+        log = Path(a.out) / "log.jsonl"
+        while not first:
+            if log.is_file() and '"step"' in log.read_text():
+                first.append(process_age())
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    launch(cfg, num_processes=2, strategy="ddp")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest launched process
+    return {
+        "first_step_s": first[0],
+        "peak_rss_mib": children,
+        "parent_rss_mib": peak_rss_mib(),
+        "end_s": process_age(),
+    }
+
+
+def rows_main(a):
+    from embed_nb.model import make_tiny_model
+
+    results, table = {}, []
+    for n in [int(x) for x in a.rows.split(",")]:
+        folder = Path(tempfile.mkdtemp(prefix=f"scale_rows_{n}_"))
+        t = time.perf_counter()
+        words = make_rows(folder / "rows.jsonl", n, a.seed)
+        make_tiny_model(folder / "tiny", [" ".join(words)], hidden=32)
+        size = (folder / "rows.jsonl").stat().st_size
+        print(f"{n:,} rows ({size / 2**20:.0f} MiB) made in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        kinds = ["memory", "disk_build", "disk", "memory_2p", "disk_2p"]
+        for c in [k for k in kinds if n <= a.memory_up_to or not k.startswith("memory")] * a.rounds:
+            if c == "disk_build":  # no store: this run builds it
+                shutil.rmtree(folder / "store", ignore_errors=True)
+            res = run_worker(
+                Path(__file__),
+                [f"--worker={c}", f"--data={folder / 'rows.jsonl'}", f"--out={folder / c}", "--what=rows"],
+                timeout=4 * 3600,
+            )
+            results.setdefault(str(n), {}).setdefault(c, []).append(res)
+            print(
+                f"{n:,} {c}: step 1 at {res['first_step_s']:.1f} s, {res['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+        for c, runs in results[str(n)].items():
+            table.append(
+                [
+                    f"{n:,}",
+                    c,
+                    float(np.median([r["first_step_s"] for r in runs])),
+                    float(np.median([r["end_s"] for r in runs])),
+                    max(r["peak_rss_mib"] for r in runs),
+                ]
+            )
+    print(
+        markdown_table(
+            ["rows", "contender", "start to step 1, s", "process, s", "peak MiB (a training process)"], table
+        )
+    )
+    print("wrote", save(a.name, report("scale_rows", a, results=results)))
+
+
 def main(argv=None):
     a = parse(argv)
+    if a.worker and a.what == "rows":
+        print(json.dumps(rows_worker(a)))
+        return
+    if a.what == "rows":
+        return rows_main(a)
     if a.worker:
         res = st_worker(a) if a.worker == "st_faiss" else embed_nb_worker(a, a.worker.removeprefix("embed_nb_"))
         print(json.dumps(res))
