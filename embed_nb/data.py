@@ -760,7 +760,12 @@ class _Ragged:
     def __init__(self, folder: Path, name: str):
         self.folder, self.name = folder, name
         self.offsets = np.load(folder / f"{name}_offsets.npy", mmap_mode="r")
-        self.flat = np.load(folder / f"{name}.npy", mmap_mode="r")
+        raw = folder / f"{name}.int32"  # token ids, written a chunk at a time
+        self.flat = (
+            np.memmap(raw, dtype=np.int32, mode="r")
+            if raw.is_file()
+            else np.load(folder / f"{name}.npy", mmap_mode="r")
+        )
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -798,7 +803,8 @@ def _build_atomically(final: Path, build):
         tmp.mkdir()
         try:
             build(tmp)
-            os.replace(tmp, final) if not final.exists() else (shutil.rmtree(final), os.replace(tmp, final))
+            shutil.rmtree(final, ignore_errors=True)  # a store whose build was cut short (no meta.json)
+            os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -811,7 +817,7 @@ class DiskExamples(Sequence):
         self.folder = Path(folder)
         self.meta = json.loads((self.folder / "meta.json").read_text())
         self.format = self.meta["format"]
-        self.bytes = np.load(self.folder / "text_bytes.npy", mmap_mode="r")
+        self.bytes = np.memmap(self.folder / "text_bytes.bin", dtype=np.uint8, mode="r")
         self.text_offsets = np.load(self.folder / "text_offsets.npy", mmap_mode="r")
         self.keys = np.load(self.folder / "text_keys.npy", mmap_mode="r")  # text_key of each text
         self.sorted_keys = np.load(self.folder / "sorted_keys.npy", mmap_mode="r")  # distinct keys, ascending
@@ -871,15 +877,16 @@ def _tokenize_store(store: DiskExamples, tokenizer, query_max_len: int, passage_
     with tqdm(total=sum(map(len, roles.values())), desc="tokenising the data store", unit="text") as bar:
         for role, ids in roles.items():
             max_len = query_max_len if role == "query" else passage_max_len
-            flat, counts = [], []
-            for s in range(0, len(ids), chunk):
-                texts = [clip(store.text(t), max_len) for t in ids[s : s + chunk]]
-                enc = tok(texts, truncation=True, max_length=max_len, padding=False)["input_ids"]
-                counts += [len(e) for e in enc]
-                flat.append(np.concatenate([np.asarray(e, dtype=np.int32) for e in enc]))
-                bar.update(len(texts))
+            counts = []
+            with open(out / f"{role}.int32", "wb") as f:  # written a chunk at a time: never all in memory
+                for s in range(0, len(ids), chunk):
+                    texts = [clip(store.text(t), max_len) for t in ids[s : s + chunk]]
+                    enc = tok(texts, truncation=True, max_length=max_len, padding=False)["input_ids"]
+                    counts += [len(e) for e in enc]
+                    f.write(np.concatenate([np.asarray(e, dtype=np.int32) for e in enc]).tobytes())
+                    bar.update(len(texts))
             np.save(out / f"{role}_ids.npy", ids)
-            _save_ragged(out, role, np.concatenate(flat) if flat else [], counts, np.int32)
+            np.save(out / f"{role}_offsets.npy", np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]))
     (out / "meta.json").write_text(json.dumps({"roles": list(roles), "query_max_len": query_max_len}))
 
 
@@ -982,8 +989,6 @@ def build_store(path, folder, query_prompt: str | None = None) -> None:
     keys = np.frombuffer(keys, dtype=np.int64)
     distinct, first_at, inverse = np.unique(keys, return_index=True, return_inverse=True)
     canon = first_at[inverse]
-    np.save(folder / "text_bytes.npy", np.fromfile(folder / "text_bytes.bin", dtype=np.uint8))
-    (folder / "text_bytes.bin").unlink()
     np.save(folder / "text_offsets.npy", np.concatenate([[0], np.frombuffer(ends, dtype=np.int64)]))
     np.save(folder / "text_keys.npy", keys)
     np.save(folder / "sorted_keys.npy", distinct)
