@@ -934,7 +934,7 @@ class _TokenLookup:
         self.extra.update(pairs)
 
 # %% ../nbs/01_data.ipynb #e45cfe71
-def build_store(path, folder, query_prompt: str | None = None) -> None:
+def build_store(path, folder, query_prompt: str | None = None, content: str | None = None) -> None:
     """Read and check the training jsonl file `path` (every line, as `read_examples` does: the same errors, naming the
     file and line) into the store `folder`: texts as UTF-8 bytes with offsets, each example as ids of its texts."""
     from array import array
@@ -998,7 +998,7 @@ def build_store(path, folder, query_prompt: str | None = None) -> None:
         _save_ragged(folder, name, canon[np.frombuffer(flat[name], dtype=np.int64)], counts[name], np.int64)
     if fmt == "scored":
         _save_ragged(folder, "scores", flat["scores"], counts["scores"], np.float64)
-    meta = dict(format=fmt, examples=n, texts=len(distinct), version=STORE_VERSION, source=str(path))
+    meta = dict(format=fmt, examples=n, texts=len(distinct), version=STORE_VERSION, source=str(path), blake2b=content)
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -1019,7 +1019,7 @@ def open_store(path, cache_dir=None, query_prompt: str | None = None) -> DiskExa
     key = hashlib.blake2b(f"{content}|{query_prompt!r}|{STORE_VERSION}".encode(), digest_size=8).hexdigest()
     final = root / f"rows-{key}"
     try:
-        _build_atomically(final, lambda tmp: build_store(path, tmp, query_prompt))
+        _build_atomically(final, lambda tmp: build_store(path, tmp, query_prompt, content))
         if stamp not in known:
             with _store_lock(root):
                 known = json.loads(seen.read_text()) if seen.is_file() else {}

@@ -485,13 +485,15 @@ def file_hash(path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(cfg: TrainConfig) -> dict:
-    "Size, modification time and content hash of each file the run trains on, by its config key."
+def data_fingerprint(cfg: TrainConfig, known: dict | None = None) -> dict:
+    """Size, modification time and content hash of each file the run trains on, by its config key; `known`: hashes
+    found already, by key (a data store knows its file's: a large file is not read again)."""
     out = {}
     for key in DATA_KEYS:
         if path := getattr(cfg, key):
             st = Path(path).stat()
-            out[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": file_hash(path)}
+            digest = (known or {}).get(key) or file_hash(path)
+            out[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": digest}
     return out
 
 

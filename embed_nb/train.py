@@ -137,7 +137,8 @@ class Run:
             self.cross_device = self.world > 1 and cfg.negatives_cross_device is not False
             # where the run is (what a checkpoint saves), and what it has summed since the last log record
             self.progress = Progress(uuid.uuid4().hex[:12], world_size=self.world, config=dataclasses.asdict(cfg))
-            self.progress.data = data_fingerprint(cfg) if self.main and not self.claim.resume else {}
+            known = {"train_dataset": self.dataset.store.meta.get("blake2b")} if self.dataset.store is not None else {}
+            self.progress.data = data_fingerprint(cfg, known) if self.main and not self.claim.resume else {}
             self.sums, self.rng, self.first_bad, self.signal, self.started = {}, None, None, None, time.time()
             self.kept = None  # what `keep_best` chose at the end
             set_seed(cfg.seed)
