@@ -633,7 +633,7 @@ class BatchSampler:
         if self.shuffle and len(batches) > 1:
             batches = [batches[p] for p in torch.randperm(len(batches), generator=g).tolist()]
             if self.group:  # the longest batch first: an out-of-memory error shows at once
-                longest = max(range(len(batches)), key=lambda j: max(self.lengths[i] for i in batches[j]))
+                longest = int(np.argmax([self.lengths[b].max() for b in batches]))
                 batches.insert(0, batches.pop(longest))
         return batches
 

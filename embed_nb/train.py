@@ -262,17 +262,25 @@ def check_memory(self: Run, model: Embedding, loader):
     free = free_gib(self.acc.device, int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
     if free is None:
         return
-    rng = random.Random(0)
-    sample = rng.sample(ds.examples, min(len(ds.examples), 2000))
     caches = loader.collate_fn.caches
-    longest = lambda texts, n: int(caches[n].estimate_lengths(texts).max()) if texts else 0
-    q_len = longest([ex["query"] for ex in sample], cfg.query_max_len)
-    d_len = longest([t for ex in sample for t in ex.get("pos", []) + ex.get("neg", [])], cfg.passage_max_len)
+    if ds.store is not None:  # the store knows every text's token count: the longest of all, no sample to decode
+        sample, most = [], lambda n: int(caches[n].ids.ragged.counts().max(initial=0))
+        q_len, d_len = most(cfg.query_max_len), most(cfg.passage_max_len)
+    else:
+        sample = random.Random(0).sample(ds.examples, min(len(ds.examples), 2000))
+        longest = lambda texts, n: int(caches[n].estimate_lengths(texts).max()) if texts else 0
+        q_len = longest([ex["query"] for ex in sample], cfg.query_max_len)
+        d_len = longest([t for ex in sample for t in ex.get("pos", []) + ex.get("neg", [])], cfg.passage_max_len)
     if ds.spec.hard_negatives:
         negs = ds.most_negatives()
         docs = 1 + (min(negs, DEFAULT_NEG_NUMS) if cfg.neg_nums is None else cfg.neg_nums)
     else:
-        docs = max((len(ex.get("pos", [])) for ex in sample), default=0) if ds.spec.graded else int(ds.spec.documents)
+        graded = (
+            int(ds.store.pos.counts().max(initial=0))
+            if ds.store is not None
+            else max((len(ex.get("pos", [])) for ex in sample), default=0)
+        )
+        docs = graded if ds.spec.graded else int(ds.spec.documents)
     rows = min(cfg.batch_size, len(ds))
     if cfg.cached:  # GradCache keeps one mini-batch's activations at a time
         texts = {max(q_len, d_len if docs else 0): min(cfg.mini_batch_size, rows * (1 + docs))}

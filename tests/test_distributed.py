@@ -155,7 +155,7 @@ def test_torchrun_entry_point(model, tmp_path):
     assert run["world_size"] == 2 and run["negatives_cross_device"] and run["replicas_max_abs_diff"] == 0.0
 
 
-def node_command(launcher: str, rank: int, cfg, *extra) -> tuple[list[str], dict]:
+def node_command(launcher: str, rank: int, cfg, *extra, port: int = 29500) -> tuple[list[str], dict]:
     """The command (and its environment) a node runs to join a two-node run of one process each, the first node on
     127.0.0.1:29500: the README's multi-node recipes with 1 process a node. "slurm": `example_data/slurm/node.sh`, which
     `srun` starts on each node, with the variables SLURM and `train.sbatch` set (no SLURM here)."""
@@ -168,16 +168,17 @@ def node_command(launcher: str, rank: int, cfg, *extra) -> tuple[list[str], dict
         cmd = [str(exe / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank)]
         cmd += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", "29500"]
     else:
-        env.update(SLURM_NNODES="2", SLURM_NODEID=str(rank), MASTER_ADDR="127.0.0.1", GPUS_PER_NODE="1")
+        env.update(SLURM_NNODES="2", SLURM_NODEID=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env["GPUS_PER_NODE"] = "1"
         env["PATH"] = f"{exe}{os.pathsep}{env.get('PATH', '')}"
         return ["bash", str(EXAMPLES / "slurm" / "node.sh"), str(cfg), *extra], env
     return cmd + ["-m", "embed_nb.train", "--config", str(cfg), *extra], env
 
 
-def start_nodes(launcher: str, cfg, *extra) -> list[subprocess.Popen]:
+def start_nodes(launcher: str, cfg, *extra, port: int = 29500) -> list[subprocess.Popen]:
     nodes = []
     for rank in (0, 1):
-        cmd, env = node_command(launcher, rank, cfg, *extra)
+        cmd, env = node_command(launcher, rank, cfg, *extra, port=port)
         opts = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
         nodes.append(subprocess.Popen(cmd, **opts))
     return nodes
@@ -185,7 +186,8 @@ def start_nodes(launcher: str, cfg, *extra) -> list[subprocess.Popen]:
 
 def finish(nodes) -> list[tuple[str, str]]:
     said = [p.communicate(timeout=300) for p in nodes]
-    assert [p.returncode for p in nodes] == [0, 0], [err[-2000:] for _, err in said]
+    why = lambda err: [line for line in err.splitlines() if "rror" in line or "failed" in line][-12:]
+    assert [p.returncode for p in nodes] == [0, 0], [why(err) for _, err in said]
     return said
 
 
@@ -222,7 +224,9 @@ def test_two_nodes_killed_and_resumed(model, tmp_path):
         kill_all(p.pid)
         p.communicate()
     assert not (out / "model").exists(), "the run ended before it was killed"
-    finish(start_nodes("slurm", cfg))
+    from accelerate.utils.other import get_free_port
+
+    finish(start_nodes("slurm", cfg, port=int(get_free_port())))  # (a port no socket of the killed run can hold)
     run = run_of(out)
     assert run["world_size"] == 2 and run["resumed"][0]["step"] >= 4, run.get("resumed")
     assert_same_run(tmp_path / "single", out)
