@@ -157,16 +157,16 @@ def test_torchrun_entry_point(model, tmp_path):
 
 def node_command(launcher: str, rank: int, cfg, *extra, port: int = 29500) -> tuple[list[str], dict]:
     """The command (and its environment) a node runs to join a two-node run of one process each, the first node on
-    127.0.0.1:29500: the README's multi-node recipes with 1 process a node. "slurm": `example_data/slurm/node.sh`, which
+    127.0.0.1:`port`: the README's multi-node recipes with 1 process a node. "slurm": `example_data/slurm/node.sh`, which
     `srun` starts on each node, with the variables SLURM and `train.sbatch` set (no SLURM here)."""
     exe = Path(sys.executable).parent
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     if launcher == "torchrun":
         cmd = [str(exe / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank)]
-        cmd += ["--master_addr", "127.0.0.1", "--master_port", "29500"]
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
     elif launcher == "accelerate":  # accelerate's launcher for several machines; --num_processes counts all of them
         cmd = [str(exe / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank)]
-        cmd += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", "29500"]
+        cmd += ["--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
     else:
         env.update(SLURM_NNODES="2", SLURM_NODEID=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         env["GPUS_PER_NODE"] = "1"
@@ -175,8 +175,11 @@ def node_command(launcher: str, rank: int, cfg, *extra, port: int = 29500) -> tu
     return cmd + ["-m", "embed_nb.train", "--config", str(cfg), *extra], env
 
 
-def start_nodes(launcher: str, cfg, *extra, port: int = 29500) -> list[subprocess.Popen]:
-    nodes = []
+def start_nodes(launcher: str, cfg, *extra, port: int | None = None) -> list[subprocess.Popen]:
+    "Both nodes' commands, started; on a port free now (29500 may still be held by the sockets of a run just before)."
+    from accelerate.utils.other import get_free_port
+
+    port, nodes = port or int(get_free_port()), []
     for rank in (0, 1):
         cmd, env = node_command(launcher, rank, cfg, *extra, port=port)
         opts = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -220,13 +223,13 @@ def test_two_nodes_killed_and_resumed(model, tmp_path):
     while not (out / "checkpoint-step-4" / "embed_nb.json").is_file() and all(p.poll() is None for p in nodes):
         assert time.time() < deadline, "no checkpoint after 300 s"
         time.sleep(0.01)
+    alive = [p.poll() is None for p in nodes]
     for p in nodes:
         kill_all(p.pid)
-        p.communicate()
+    said = [p.communicate()[1] for p in nodes]
+    assert alive == [True, True], [line for err in said for line in err.splitlines() if "rror" in line][-12:]
     assert not (out / "model").exists(), "the run ended before it was killed"
-    from accelerate.utils.other import get_free_port
-
-    finish(start_nodes("slurm", cfg, port=int(get_free_port())))  # (a port no socket of the killed run can hold)
+    finish(start_nodes("slurm", cfg))  # on another free port, as a requeued job may be
     run = run_of(out)
     assert run["world_size"] == 2 and run["resumed"][0]["step"] >= 4, run.get("resumed")
     assert_same_run(tmp_path / "single", out)
