@@ -123,6 +123,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                'embed_nb.data._unique_keys': ('data.html#_unique_keys', 'embed_nb/data.py'),
                                'embed_nb.data.build_store': ('data.html#build_store', 'embed_nb/data.py'),
                                'embed_nb.data.check_record': ('data.html#check_record', 'embed_nb/data.py'),
+                               'embed_nb.data.checked_lines': ('data.html#checked_lines', 'embed_nb/data.py'),
                                'embed_nb.data.clip': ('data.html#clip', 'embed_nb/data.py'),
                                'embed_nb.data.detect_format': ('data.html#detect_format', 'embed_nb/data.py'),
                                'embed_nb.data.leftover_batches': ('data.html#leftover_batches', 'embed_nb/data.py'),

@@ -26,10 +26,10 @@ from .core import DataError, TrainConfig, _not_a_file, atomic_write
 
 # %% auto #0
 __all__ = ['FORMATS', 'MAX_SCORE', 'DEFAULT_NEG_NUMS', 'CHARS_PER_TOKEN', 'STORE_VERSION', 'DISK_ABOVE', 'DataFormat',
-           'detect_format', 'check_record', 'read_jsonl', 'read_examples', 'sample_negatives', 'load_teacher_vectors',
-           'EmbeddingDataset', 'text_key', 'clip', 'Collator', 'padded_width', 'TokenCache', 'CachedCollator',
-           'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler', 'padding_fraction',
-           'row_texts', 'make_loader', 'DiskExamples', 'DiskTokens', 'build_store', 'open_store']
+           'detect_format', 'check_record', 'read_jsonl', 'checked_lines', 'read_examples', 'sample_negatives',
+           'load_teacher_vectors', 'EmbeddingDataset', 'text_key', 'clip', 'Collator', 'padded_width', 'TokenCache',
+           'CachedCollator', 'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler',
+           'padding_fraction', 'row_texts', 'make_loader', 'DiskExamples', 'DiskTokens', 'build_store', 'open_store']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -189,12 +189,9 @@ def read_jsonl(path):
             yield i, record
 
 
-def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict]]:
-    "Read and validate a training jsonl file: `(format, examples)`."
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, _not_a_file(path))
-    fmt, first, examples = None, None, []
+def checked_lines(path, query_prompt: str | None = None):
+    "Each line of a training jsonl file, checked: `(the file's format so far, the example)`; all in one format."
+    fmt, first = None, None
     for i, record in read_jsonl(path):
         ex = check_record(record, path, i, query_prompt)
         this = detect_format(record)
@@ -209,6 +206,16 @@ def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict
                 f"this line is in the '{this}' format {FORMATS[this].keys} but the file's "
                 f"first line (line {first}) is '{fmt}' {FORMATS[fmt].keys}",
             )
+        yield fmt, ex
+
+
+def read_examples(path, query_prompt: str | None = None) -> tuple[str, list[dict]]:
+    "Read and validate a training jsonl file: `(format, examples)`."
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, _not_a_file(path))
+    fmt, examples = None, []
+    for fmt, ex in checked_lines(path, query_prompt):
         examples.append(ex)
     if not examples:
         raise DataError(path, None, "file is empty: no training examples")
@@ -946,7 +953,7 @@ def build_store(path, folder, query_prompt: str | None = None, content: str | No
     ends, keys, query = array("q"), array("q"), array("q")
     flat = {"pos": array("q"), "neg": array("q"), "scores": array("d")}
     counts = {"pos": array("q"), "neg": array("q"), "scores": array("q")}
-    fmt, first, n, end = None, None, 0, 0
+    fmt, n, end = None, 0, 0
 
     def add(text: str) -> int:
         nonlocal end
@@ -958,20 +965,7 @@ def build_store(path, folder, query_prompt: str | None = None, content: str | No
         return len(ends) - 1
 
     with text_file, tqdm(desc="reading the data into its store", unit=" lines") as bar:
-        for i, record in read_jsonl(path):
-            ex = check_record(record, path, i, query_prompt)
-            this = detect_format(record)
-            if fmt is None:
-                fmt, first = this, i
-            elif {this, fmt} == {"pair", "hard_neg"}:
-                fmt = "hard_neg"
-            elif this != fmt:
-                raise DataError(
-                    path,
-                    i,
-                    f"this line is in the '{this}' format {FORMATS[this].keys} but the file's "
-                    f"first line (line {first}) is '{fmt}' {FORMATS[fmt].keys}",
-                )
+        for fmt, ex in checked_lines(path, query_prompt):  # the checks and errors of `read_examples`
             query.append(add(ex["query"]))
             for name in ("pos", "neg"):
                 texts = ex.get(name, [])
