@@ -55,6 +55,12 @@ def parse(argv=None):
     p.add_argument(
         "--memory-up-to", type=int, default=100_000, help="rows up to which the in-memory runs are made too"
     )
+    p.add_argument(
+        "--reuse",
+        default="",
+        help="--what rows: folders of an earlier run (a comma list, one per --rows size) whose rows, model and store to use",
+    )
+    p.add_argument("--kinds", default="memory,disk_build,disk,memory_2p,disk_2p", help="--what rows: the runs to make")
     p.add_argument("--docs", default="100000,1000000", help="corpus sizes, a comma list")
     p.add_argument("--queries", type=int, default=10000)
     p.add_argument("--dim", type=int, default=384)
@@ -279,29 +285,37 @@ def rows_worker(a) -> dict:
 def rows_main(a):
     from embed_nb.model import make_tiny_model
 
-    results, table = {}, []
-    for n in [int(x) for x in a.rows.split(",")]:
-        folder = Path(tempfile.mkdtemp(prefix=f"scale_rows_{n}_"))
+    results, table, folders = {}, [], {}
+    reuse = a.reuse.split(",") if a.reuse else []
+    sizes = [int(x) for x in a.rows.split(",")]
+    for s, n in enumerate(sizes):
+        if reuse:  # rows, model and store made by an earlier run
+            folders[n] = Path(reuse[s])
+            continue
+        folders[n] = folder = Path(tempfile.mkdtemp(prefix=f"scale_rows_{n}_"))
         t = time.perf_counter()
         words = make_rows(folder / "rows.jsonl", n, a.seed)
         make_tiny_model(folder / "tiny", [" ".join(words)], hidden=32)
         size = (folder / "rows.jsonl").stat().st_size
         print(f"{n:,} rows ({size / 2**20:.0f} MiB) made in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        kinds = ["memory", "disk_build", "disk", "memory_2p", "disk_2p"]
-        for c in [k for k in kinds if n <= a.memory_up_to or not k.startswith("memory")] * a.rounds:
-            if c == "disk_build":  # no store: this run builds it
-                shutil.rmtree(folder / "store", ignore_errors=True)
-            res = run_worker(
-                Path(__file__),
-                [f"--worker={c}", f"--data={folder / 'rows.jsonl'}", f"--out={folder / c}", "--what=rows"],
-                timeout=4 * 3600,
-            )
-            results.setdefault(str(n), {}).setdefault(c, []).append(res)
-            print(
-                f"{n:,} {c}: step 1 at {res['first_step_s']:.1f} s, {res['peak_rss_mib']:.0f} MiB",
-                file=sys.stderr,
-                flush=True,
-            )
+    kinds = a.kinds.split(",")
+    for _ in range(a.rounds):  # rounds outermost: every size and kind meets the same changes in the machine's load
+        for n, folder in folders.items():
+            for c in [k for k in kinds if n <= a.memory_up_to or not k.startswith("memory")]:
+                if c == "disk_build":  # no store: this run builds it
+                    shutil.rmtree(folder / "store", ignore_errors=True)
+                res = run_worker(
+                    Path(__file__),
+                    [f"--worker={c}", f"--data={folder / 'rows.jsonl'}", f"--out={folder / c}", "--what=rows"],
+                    timeout=4 * 3600,
+                )
+                results.setdefault(str(n), {}).setdefault(c, []).append(res)
+                print(
+                    f"{n:,} {c}: step 1 at {res['first_step_s']:.1f} s, {res['peak_rss_mib']:.0f} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    for n in folders:
         for c, runs in results[str(n)].items():
             table.append(
                 [

@@ -28,8 +28,8 @@ from .core import DataError, TrainConfig, _not_a_file, atomic_write
 __all__ = ['FORMATS', 'MAX_SCORE', 'DEFAULT_NEG_NUMS', 'CHARS_PER_TOKEN', 'STORE_VERSION', 'DISK_ABOVE', 'DataFormat',
            'detect_format', 'check_record', 'read_jsonl', 'checked_lines', 'read_examples', 'sample_negatives',
            'load_teacher_vectors', 'EmbeddingDataset', 'text_key', 'clip', 'Collator', 'padded_width', 'TokenCache',
-           'CachedCollator', 'pack_batches', 'pack_partial', 'mega_batches', 'leftover_batches', 'BatchSampler',
-           'padding_fraction', 'row_texts', 'make_loader', 'DiskExamples', 'DiskTokens', 'build_store', 'open_store']
+           'CachedCollator', 'pack_batches', 'pack_partial', 'leftover_batches', 'BatchSampler', 'padding_fraction',
+           'row_texts', 'make_loader', 'DiskExamples', 'DiskTokens', 'build_store', 'open_store']
 
 # %% ../nbs/01_data.ipynb #cc2e1d13
 @dataclass(frozen=True)
@@ -562,13 +562,6 @@ def pack_partial(rows: list, size: int, keys) -> list:
     return batch
 
 # %% ../nbs/01_data.ipynb #4722abb0
-def mega_batches(order: list, lengths, size: int) -> list[list]:
-    "`order` cut into chunks of `size` rows, each sorted longest first (one chunk when `lengths` is None)."
-    if lengths is None:
-        return [order]
-    return [sorted(order[s : s + size], key=lambda i: -lengths[i]) for s in range(0, len(order), size)]
-
-
 def leftover_batches(rest: list, size: int, keys=None) -> list[list]:
     "Batches of rows that did not fill a batch: full ones while they can be made, then partial ones."
     batches = []
@@ -584,6 +577,42 @@ def leftover_batches(rest: list, size: int, keys=None) -> list[list]:
         batches.append(first)
         rest = [i for i in rest if i not in set(first)]
     return batches
+
+# %% ../nbs/01_data.ipynb #27752531
+class _Batches(Sequence):
+    """Batches of row indices kept as one integer array cut at `starts` (8 bytes a row, not a Python list per batch);
+    `b[i]` is batch i as a list."""
+
+    def __init__(self, flat, starts):
+        self.flat, self.starts = np.asarray(flat, dtype=np.int64), np.asarray(starts, dtype=np.int64)
+
+    @classmethod
+    def of(cls, batches: list) -> "_Batches":
+        "From a list of batches (lists of row indices)."
+        flat = [i for b in batches for i in b]
+        return cls(flat, np.concatenate([[0], np.cumsum([len(b) for b in batches], dtype=np.int64)]))
+
+    def take(self, pick) -> "_Batches":
+        "The batches `pick` (indices), in that order."
+        pick = np.asarray(pick, dtype=np.int64)
+        sizes = np.diff(self.starts)[pick]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        at = np.arange(starts[-1]) - np.repeat(starts[:-1] - self.starts[pick], sizes)
+        return _Batches(self.flat[at], starts)
+
+    def __len__(self):
+        return len(self.starts) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        return self.flat[self.starts[i] : self.starts[i + 1]].tolist()
+
+    def __eq__(self, other):
+        return list(self) == list(other)
+
+    __hash__ = None
 
 # %% ../nbs/01_data.ipynb #688a7e0d
 class BatchSampler:
@@ -618,41 +647,51 @@ class BatchSampler:
             self.skip = 0
         self.epoch = epoch
 
-    def global_batches(self) -> list[list[int]]:
+    def global_batches(self) -> "_Batches":
         "Every global batch of this epoch, drawn once per epoch."
         if self._drawn is None or self._drawn[0] != self.epoch:
             self._drawn = (self.epoch, self._draw())
         return self._drawn[1]
 
-    def _draw(self) -> list[list[int]]:
+    def _draw(self) -> "_Batches":
         if self.epoch > 0 and self.group and self.later_lengths is not None:  # from epoch 2, resumed or not
             self.lengths, self.later_lengths = np.asarray(self.later_lengths()), None
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
-        batches, rest = [], []
-        for mega in mega_batches(order, self.lengths if self.group else None, self.global_size * self.mega_batch):
-            full, rest = pack_batches(rest + mega, self.global_size, self.keys)
-            batches += full
-        batches += leftover_batches(rest, self.global_size, self.keys)
+        order = torch.randperm(self.n, generator=g).numpy() if self.shuffle else np.arange(self.n)
+        size, mega = self.global_size, self.global_size * self.mega_batch
+        if self.group:  # mega-batches, each sorted longest first (a stable sort: ties keep their drawn order)
+            order = order[np.lexsort((-self.lengths[order], np.arange(self.n) // mega))]
+        if self.keys is None:  # consecutive cuts: every batch full but the last
+            batches = _Batches(order, np.append(np.arange(0, self.n, size), self.n))
+        else:  # no repeated key within a batch: row by row, in Python
+            full, rest = [], []
+            for s in range(0, self.n, mega if self.group else self.n):
+                done, rest = pack_batches(
+                    rest + order[s : s + (mega if self.group else self.n)].tolist(), size, self.keys
+                )
+                full += done
+            batches = _Batches.of(full + leftover_batches(rest, size, self.keys))
+        sizes = np.diff(batches.starts)
+        pick = np.arange(len(sizes))
         if self.drop_last or self.world_size > 1:  # every process needs at least one row
-            keep = self.world_size if not self.drop_last else self.global_size
-            batches = [b for b in batches if len(b) == self.global_size or len(b) >= keep]
-        if self.shuffle and len(batches) > 1:
-            batches = [batches[p] for p in torch.randperm(len(batches), generator=g).tolist()]
+            pick = np.flatnonzero((sizes == size) | (sizes >= (self.world_size if not self.drop_last else size)))
+        if self.shuffle and len(pick) > 1:
+            pick = pick[torch.randperm(len(pick), generator=g).numpy()]
             if self.group:  # the longest batch first: an out-of-memory error shows at once
-                longest = int(np.argmax([self.lengths[b].max() for b in batches]))
-                batches.insert(0, batches.pop(longest))
-        return batches
+                longest = np.maximum.reduceat(self.lengths[batches.flat], batches.starts[:-1])[pick].argmax()
+                pick = np.concatenate([pick[longest : longest + 1], np.delete(pick, longest)])
+        return batches.take(pick)
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
+        batches = self.global_batches()
         split = lambda b: (
             np.array_split(np.array(b), self.world_size)[self.rank].tolist() if self.world_size > 1 else b
         )
-        mine = [split(b) for b in self.global_batches()[skip:]]
         if self.on_epoch is not None:
-            self.on_epoch(mine)
-        yield from mine
+            self.on_epoch([split(batches[i]) for i in range(skip, len(batches))])
+        for i in range(skip, len(batches)):  # one batch at a time: no list of every row's index
+            yield split(batches[i])
 
     def __len__(self):
         return len(self.global_batches()) - self.skip
