@@ -1,9 +1,9 @@
 """Notebooks in a real JupyterLab, in headless Chromium (Debian's), driven by Playwright, run with JupyterLab's own
-Run All Cells: what a reader sees. The widgets tutorial, the Chinese tutorial and `11_widgets`: every cell runs, no
-cell shows an error or anything on stderr (JupyterLab's red output), each widget cell shows exactly one widget and no
-other figure, each notebook finishes within the time its text states; in the tutorial the loss plot redraws while
-training runs, a control changes a figure, and each widget is photographed. The static site typesets its formulas
-with the network refused.
+Run All Cells: what a reader sees. The widgets tutorial, the first chapter, the Chinese tutorial and `11_widgets`:
+every cell runs, no cell shows an error or anything on stderr (JupyterLab's red output), each widget cell shows exactly
+one widget and no other figure, each notebook finishes within the time its text states; in the tutorial the loss plot
+redraws while training runs, a control changes a figure, and each widget is photographed. The static site typesets
+its formulas with the network refused.
 
 Screenshots go to `test-output/browser/` (or $EMBED_NB_TEST_OUTPUT/browser)."""
 
@@ -23,6 +23,7 @@ from conftest import ROOT, log_records
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TUTORIAL = ROOT / "nbs" / "tutorials" / "widgets.ipynb"
 CHINESE = ROOT / "nbs" / "tutorials" / "insuranceqa_zh.ipynb"
+FIRST = ROOT / "nbs" / "tutorials" / "insuranceqa.ipynb"
 WIDGETS_NB = ROOT / "nbs" / "11_widgets.ipynb"
 OUT = Path(os.environ.get("EMBED_NB_TEST_OUTPUT", ROOT / "test-output")) / "browser"
 # Chromium's own background traffic is refused on a closed network: switch it off.
@@ -271,6 +272,22 @@ def test_widgets_notebook_in_jupyterlab(lab):
         assert shown == ["LossWidget(real)", "MRLWidget(eval_results(real))", "sw"], cells
         for cls in ("embed-nb-losswidget", "embed-nb-mrlwidget", "embed-nb-similaritywidget"):
             assert image_of(page, cls).startswith("data:image/png"), f"{cls} shows no figure"
+
+
+@pytest.mark.parametrize("lab", [FIRST], indirect=True)
+def test_first_chapter_in_jupyterlab(lab):
+    """The first chapter, run in JupyterLab: every cell runs (one checks that the fine-tuned model scores above the base
+    model at every dimension on the valid questions), nothing in red, its three figures drawn, the model saved."""
+    url, folder = lab
+    with chromium_page() as page:
+        n_code = open_notebook(page, url, FIRST)
+        took = run_all(page, n_code, limit=900)
+        page.screenshot(path=str(OUT / "insuranceqa.png"), full_page=True)
+        (OUT / "insuranceqa_seconds.txt").write_text(f"{took:.1f}\n")
+        check_reader_view(page, n_widgets=0)
+        figures = page.locator(".jp-NotebookPanel .jp-OutputArea-output img").count()
+        assert figures == 3, f"{figures} figures"
+    assert (folder / "runs" / "first" / "model" / "modules.json").is_file()
 
 
 @pytest.mark.parametrize("lab", [CHINESE], indirect=True)

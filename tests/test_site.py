@@ -22,6 +22,7 @@ DRAWN = {
     "11_widgets": 4,
     "tutorials/widgets": 3,
     "tutorials/insuranceqa_zh": 2,
+    "tutorials/insuranceqa": 3,
 }
 
 
