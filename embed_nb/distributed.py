@@ -372,21 +372,18 @@ def make_accelerator(cfg: TrainConfig, strategy: str | None = None, zero_stage: 
             print(
                 "mixed_precision: fp16: this machine has no GPU, and CPUs train in float32 here (bf16 works on CPUs)"
             )
-    try:
-        acc = Accelerator(
-            mixed_precision=precision,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            log_with=_tracker(cfg),
-            project_dir=cfg.output_dir,
-            **extra,
-        )
-    except RuntimeError as e:  # accelerate's FSDP plugin (an `accelerate launch` yaml) needs a GPU
-        if not fsdp_yaml or "no available devices" not in str(e):
-            raise
-        raise ConfigError(
+    if fsdp_yaml and not torch.cuda.is_available():  # accelerate's FSDP plugin (an `accelerate launch` yaml) fails
+        raise ConfigError(  # on CPUs, each accelerate version with its own traceback: say it before it starts
             "the accelerate config asks for FSDP, which accelerate runs only on GPUs; on CPU processes use "
             "`embed-nb train --num-processes N --strategy fsdp` (torch's FSDP2 over gloo)"
-        ) from None
+        )
+    acc = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=_tracker(cfg),
+        project_dir=cfg.output_dir,
+        **extra,
+    )
     plugin = getattr(acc.state, "deepspeed_plugin", None)
     if plugin is not None and "deepspeed_plugin" not in extra:  # from `accelerate launch`: fill its "auto" values
         fill_deepspeed_config(plugin.deepspeed_config, cfg, launched)
