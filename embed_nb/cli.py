@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=_ints, default=[10], help="cut-offs, e.g. 10,100")
     e.add_argument("--out", default=None, help="write JSON here")
     e.add_argument("--query-prompt", default=None)
+    e.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "int8", "binary"],
+        help="compare the vectors as stored at this precision (int8: 1 byte a dimension, binary: 1 bit)",
+    )
     d = sub.add_parser("demo", help="fine-tune the default model on the example data, before/after metrics")
     d.add_argument("--output-dir", default="runs/demo")
     d.add_argument("--data", default=None, help="example_data folder")
@@ -331,13 +337,15 @@ def run_eval(a) -> dict:
     if a.out:
         _out_file(a.out)
     data = load_retrieval_data(a.data, a.split)
-    res = evaluate(Embedding.from_pretrained(a.model), data, dims=a.dims, ks=a.k, query_prompt=a.query_prompt)
+    model = Embedding.from_pretrained(a.model)
+    res = evaluate(model, data, dims=a.dims, ks=a.k, query_prompt=a.query_prompt, precision=a.precision)
     names = list(next(iter(res.values())))
-    print(f"{data}\n" + "  dim " + "".join(f"{n:>11}" for n in names))
+    print(f"{data}, {a.precision} vectors\n" + "  dim " + "".join(f"{n:>11}" for n in names))
     for dim, m in res.items():
         print(f"{dim:5d} " + "".join(f"{m[n]:11.4f}" for n in names))
     if a.out:
-        atomic_write(a.out, json.dumps({"model": a.model, "data": a.data, "results": res}, indent=2) + "\n")
+        record = {"model": a.model, "data": a.data, "precision": a.precision, "results": res}
+        atomic_write(a.out, json.dumps(record, indent=2) + "\n")
     return res
 
 # %% ../nbs/12_cli.ipynb #426e4a4b

@@ -18,8 +18,8 @@ from .core import ConfigError, DataError
 from .data import FORMATS, read_examples, read_jsonl
 
 # %% auto #0
-__all__ = ['RetrievalData', 'load_beir', 'load_jsonl_eval', 'load_retrieval_data', 'query_metrics', 'retrieval_metrics', 'search',
-           'evaluate']
+__all__ = ['PRECISIONS', 'RetrievalData', 'load_beir', 'load_jsonl_eval', 'load_retrieval_data', 'query_metrics',
+           'retrieval_metrics', 'bytes_per_vector', 'search', 'evaluate']
 
 # %% ../nbs/06_eval.ipynb #6ac2140d
 @dataclass
@@ -152,12 +152,47 @@ def _unit(a: np.ndarray, dim: int) -> torch.Tensor:
     "The first `dim` columns of the rows of `a`, made unit length, as a float32 tensor."
     return F.normalize(torch.as_tensor(np.ascontiguousarray(a[:, :dim]), dtype=torch.float32), dim=-1)
 
+# %% ../nbs/06_eval.ipynb #5d198244
+PRECISIONS = {"float32": 32, "int8": 8, "binary": 1}  # bits a dimension
+
+
+def bytes_per_vector(dim: int, precision: str = "float32") -> float:
+    "Bytes a `dim`-dimensional vector takes at `precision` (binary: one bit a dimension, packed)."
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return dim * PRECISIONS[precision] / 8
+
+
+def _quantize():
+    "sentence-transformers' `quantize_embeddings` (its module moved in 6.x)."
+    try:
+        from sentence_transformers.util.quantization import quantize_embeddings
+    except ImportError:  # sentence-transformers 5.x
+        from sentence_transformers.quantization import quantize_embeddings
+    return quantize_embeddings
+
+
+def _codes(precision: str, docs: np.ndarray, dim: int, doc_block: int):
+    "Two functions that turn unit rows (at `dim`) into the query and the document vectors compared at `precision`."
+    bytes_per_vector(dim, precision)  # a known precision
+    if precision == "float32":
+        return (lambda u: u), (lambda u: u)
+    if precision == "binary":
+        signs = lambda u: torch.where(u > 0, 1.0, -1.0)  # as ±1: dot product = dim - 2 x Hamming distance
+        return signs, signs
+    blocks = [_unit(docs[ds : ds + doc_block], dim) for ds in range(0, len(docs), doc_block)]  # one block at a time
+    lo = torch.stack([b.min(0).values for b in blocks]).min(0).values
+    hi = torch.stack([b.max(0).values for b in blocks]).max(0).values
+    ranges, quantize, step = torch.stack([lo, hi]).numpy(), _quantize(), (hi - lo) / 255
+    steps = lambda u: torch.from_numpy(quantize(u.numpy(), "int8", ranges=ranges).astype(np.float32))
+    return (lambda u: u), (lambda u: lo + (steps(u) + 128.5) * step)  # the middle of each document value's step
+
 # %% ../nbs/06_eval.ipynb #f5bc6e95
-def _top_k(q: torch.Tensor, docs: np.ndarray, k: int, dim: int, doc_block: int):
-    "Top-`k` (scores, indices) of `docs` for the unit query rows `q`, scoring `doc_block` documents at a time."
+def _top_k(q: torch.Tensor, docs: np.ndarray, k: int, dim: int, doc_block: int, code=None):
+    "Top-`k` (scores, indices) of `docs` for the query rows `q`, scoring `doc_block` documents (as `code` has them) at a time."
     best_s, best_i = torch.full((len(q), 0), -2.0), torch.zeros((len(q), 0), dtype=torch.long)
     for ds in range(0, len(docs), doc_block):
-        s = q @ _unit(docs[ds : ds + doc_block], dim).T
+        s = q @ (code or (lambda u: u))(_unit(docs[ds : ds + doc_block], dim)).T
         top = s.topk(min(k, s.shape[1]), dim=1)
         merged = torch.cat([best_s, top.values], 1)
         best_s, order = merged.topk(min(k, merged.shape[1]), dim=1)  # a block may be narrower than k
@@ -172,12 +207,16 @@ def search(
     dim: int | None = None,  # compare the first `dim` dimensions (None: all)
     query_block: int = 256,  # queries scored at a time
     doc_block: int = 16384,  # documents scored at a time
+    precision: str = "float32",  # compare vectors stored as float32, int8 or binary (`PRECISIONS`)
 ):
     "Top-`k` (scores, indices) of `docs` for each query by cosine similarity over the first `dim` dimensions."
     dim = dim or queries.shape[1]
     k = min(k, len(docs))
+    as_query, as_doc = _codes(precision, docs, dim, doc_block)
     starts = range(0, len(queries), query_block)
-    tops = [_top_k(_unit(queries[qs : qs + query_block], dim), docs, k, dim, doc_block) for qs in starts]
+    tops = [
+        _top_k(as_query(_unit(queries[qs : qs + query_block], dim)), docs, k, dim, doc_block, as_doc) for qs in starts
+    ]
     return torch.cat([s for s, _ in tops]).numpy(), torch.cat([i for _, i in tops]).numpy()
 
 # %% ../nbs/06_eval.ipynb #4fffd5d2
@@ -195,10 +234,12 @@ def evaluate(
     ks=(10,),  # cut-offs
     batch_size: int = 64,  # texts per `encode` batch
     query_prompt: str | None = None,  # put in front of every query
+    precision: str = "float32",  # compare the vectors as float32, int8 or binary (`PRECISIONS`)
 ) -> dict[int, dict[str, float]]:
     "Retrieval metrics of `model` on `data` at each of `dims` (default: the model's `mrl_dims`, else its full width)."
     if min(ks or [0]) < 1 or min(dims or [1]) < 1:
         raise ConfigError(f"cut-offs (k) and dimensions must be at least 1, got k {list(ks)} and dims {dims}")
+    bytes_per_vector(1, precision)  # a known precision, before anything is embedded
     q, d = _embed(model, data, batch_size, query_prompt)
     dims = sorted(dims or getattr(model, "mrl_dims", None) or [q.shape[1]])
     if max(dims) > q.shape[1]:
@@ -206,7 +247,7 @@ def evaluate(
     qids, dids = list(data.queries), list(data.corpus)
     results = {}
     for dim in dims:
-        _, idx = search(q, d, max(ks), dim)
+        _, idx = search(q, d, max(ks), dim, precision=precision)
         run = {qid: [dids[j] for j in row] for qid, row in zip(qids, idx)}
         results[dim] = retrieval_metrics(run, data.qrels, ks)
     return results

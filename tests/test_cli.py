@@ -117,6 +117,37 @@ def test_spec_yaml_runs_unchanged(tiny_model, tmp_path):
     ]
 
 
+def test_eval_command_at_binary_precision(tiny_model, tmp_path):
+    "`embed-nb eval --precision binary` reports what the library computes with binary vectors, and says so."
+    out = tmp_path / "r.json"
+    r = run_cli(
+        "eval",
+        "--model",
+        tiny_model,
+        "--data",
+        EXAMPLES / "eval",
+        "--dims",
+        "16,32",
+        "--precision",
+        "binary",
+        "--out",
+        out,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "binary vectors" in r.stdout, r.stdout
+    from embed_nb.evaluate import evaluate, load_retrieval_data
+    from embed_nb.model import Embedding
+
+    model, data = Embedding.from_pretrained(tiny_model), load_retrieval_data(EXAMPLES / "eval")
+    saved = json.loads(out.read_text())
+    assert saved["precision"] == "binary"
+    for dim, metrics in evaluate(model, data, dims=[16, 32], precision="binary").items():
+        assert saved["results"][str(dim)] == pytest.approx(metrics, abs=1e-6)
+    assert saved["results"] != json.loads(json.dumps(evaluate(model, data, dims=[16, 32]))), "binary is float32"
+    bad = run_cli("eval", "--model", tiny_model, "--data", EXAMPLES / "eval", "--precision", "int4")
+    assert bad.returncode == 2 and "invalid choice: 'int4'" in bad.stderr, bad.stderr
+
+
 def test_eval_command_writes_json(tiny_model, tmp_path):
     "`embed-nb eval` reports, at each dimension and cut-off, what the library computes, and that is the real recall@k."
     out = tmp_path / "r.json"
