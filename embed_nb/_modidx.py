@@ -13,6 +13,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                               'embed_nb.cli.build_parser': ('cli.html#build_parser', 'embed_nb/cli.py'),
                               'embed_nb.cli.demo': ('cli.html#demo', 'embed_nb/cli.py'),
                               'embed_nb.cli.find_example_data': ('cli.html#find_example_data', 'embed_nb/cli.py'),
+                              'embed_nb.cli.insuranceqa_data': ('cli.html#insuranceqa_data', 'embed_nb/cli.py'),
                               'embed_nb.cli.main': ('cli.html#main', 'embed_nb/cli.py'),
                               'embed_nb.cli.run_eval': ('cli.html#run_eval', 'embed_nb/cli.py'),
                               'embed_nb.cli.run_mine': ('cli.html#run_mine', 'embed_nb/cli.py'),

@@ -15,7 +15,8 @@ from pathlib import Path
 from .core import EmbedNbError, atomic_write, describe_config, load_config, parse_overrides
 
 # %% auto #0
-__all__ = ['find_example_data', 'demo', 'build_parser', 'run_train', 'run_mine', 'run_score', 'run_teacher', 'run_eval', 'main']
+__all__ = ['IQA_DEMO', 'find_example_data', 'insuranceqa_data', 'demo', 'build_parser', 'run_train', 'run_mine', 'run_score',
+           'run_teacher', 'run_eval', 'main']
 
 # %% ../nbs/12_cli.ipynb #cb932442
 def find_example_data(path=None) -> Path:
@@ -94,22 +95,81 @@ def _plots(out: Path, before: dict, after: dict):
     fig.savefig(out / "mrl.png", dpi=100)
     plt.close(fig)
 
+# %% ../nbs/12_cli.ipynb #148d2679
+def insuranceqa_data(
+    folder,  # where to write `train.jsonl` and `valid.jsonl`
+    train_questions: int = 480,  # random `train` questions; one pair per right answer
+    valid_questions: int = 200,  # random `valid` questions, the held-out set
+    negatives: int = 4,  # wrong answers per held-out question, from its InsuranceQA pool
+    seed: int = 0,
+) -> Path:
+    "InsuranceQA's `train` and `valid` splits (PyPI `insuranceqa-data`) as embed_nb pairs and held-out data in `folder`."
+    import ast
+    import random
+
+    try:
+        import insuranceqa_data as iqa
+    except ImportError:
+        raise EmbedNbError(
+            "InsuranceQA needs the PyPI package insuranceqa-data: pip install insuranceqa-data"
+        ) from None
+    ids = lambda v: [str(x) for x in (ast.literal_eval(v) if isinstance(v, str) else v)]
+    clean = lambda text: " ".join(text.split())  # InsuranceQA's English has doubled spaces
+    answers = {k: clean(v["en"]) for k, v in iqa.load_answers().items()}
+    train_split, valid_split = iqa.load_train(), iqa.load_valid()  # the test split is not read
+    rng = random.Random(seed)
+    train_rows = [
+        {"query": clean(train_split[k]["en"]), "pos": [answers[a]]}
+        for k in rng.sample(sorted(train_split), train_questions)
+        for a in ids(train_split[k]["answers"])
+    ]
+    valid_rows = []
+    for k in rng.sample(sorted(valid_split), valid_questions):
+        right = ids(valid_split[k]["answers"])
+        wrong = [answers[n] for n in ids(valid_split[k]["negatives"]) if n not in right][:negatives]
+        valid_rows.append({"query": clean(valid_split[k]["en"]), "pos": [answers[a] for a in right], "neg": wrong})
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in [("train.jsonl", train_rows), ("valid.jsonl", valid_rows)]:
+        atomic_write(folder / name, "".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
 # %% ../nbs/12_cli.ipynb #cb932443
+IQA_DEMO = dict(  # the first chapter's settings (nbs/tutorials/insuranceqa.ipynb)
+    epochs=1,
+    batch_size=32,
+    query_max_len=48,
+    passage_max_len=128,
+    use_mrl=True,
+    mrl_dims=[64, 128, 256, 384],
+    log_interval=2,
+    seed=0,
+)
+
+
 def demo(output_dir="runs/demo", data=None, model: str | None = None, **overrides) -> dict:
-    "Fine-tune on the example data; print and save before/after retrieval metrics per MRL dimension and the plots."
+    """Fine-tune on the example data, or on InsuranceQA (`data="insuranceqa"`: `insuranceqa_data`'s pairs and held-out
+    questions, beside `output_dir`); print and save before/after retrieval metrics per MRL dimension and the plots."""
     from embed_nb.evaluate import load_retrieval_data
     from embed_nb.model import Embedding
     from embed_nb.train import train
     from embed_nb.widgets import read_eval
 
-    data = find_example_data(data)
-    fixed = dict(
-        output_dir=str(output_dir), train_dataset=str(data / "hard_neg.jsonl"), eval_dataset=str(data / "eval")
-    )
+    if str(data) == "insuranceqa":
+        folder = insuranceqa_data(Path(output_dir).parent / f"{Path(output_dir).name}_data")
+        config, files = (
+            IQA_DEMO,
+            dict(train_dataset=str(folder / "train.jsonl"), eval_dataset=str(folder / "valid.jsonl")),
+        )
+    else:
+        data = find_example_data(data)
+        config = data / "configs" / "demo.yaml"
+        files = dict(train_dataset=str(data / "hard_neg.jsonl"), eval_dataset=str(data / "eval"))
+    fixed = dict(output_dir=str(output_dir), **files)
     if model:
         fixed["model_name_or_path"] = model
     # the demo is run again and again: it replaces its previous run unless told otherwise
-    cfg = load_config(data / "configs" / "demo.yaml", **{**fixed, "overwrite_output_dir": True, **overrides})
+    cfg = load_config(config, **{**fixed, "overwrite_output_dir": True, **overrides})
     held_out = load_retrieval_data(cfg.eval_dataset)
     print(f"held-out: {held_out}; training on {cfg.train_dataset}")
     start = time.time()
@@ -181,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "int8", "binary"],
         help="compare the vectors as stored at this precision (int8: 1 byte a dimension, binary: 1 bit)",
     )
-    d = sub.add_parser("demo", help="fine-tune the default model on the example data, before/after metrics")
+    d = sub.add_parser(
+        "demo", help="fine-tune the default model on the example data or InsuranceQA, before/after metrics"
+    )
     d.add_argument("--output-dir", default="runs/demo")
-    d.add_argument("--data", default=None, help="example_data folder")
+    d.add_argument("--data", default=None, help="example_data folder, or insuranceqa (needs insuranceqa-data)")
     d.add_argument("--model", default=None)
     d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     sub.add_parser("keys", help="list every config key with its type, default and meaning")

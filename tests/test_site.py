@@ -23,6 +23,7 @@ DRAWN = {
     "tutorials/widgets": 3,
     "tutorials/insuranceqa_zh": 2,
     "tutorials/insuranceqa": 3,
+    "tutorials/your_data": 1,
 }
 
 
