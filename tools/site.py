@@ -21,7 +21,19 @@ NBS = ROOT / "nbs"
 
 COURSE = [  # the bar's groups, each in reading order (the course map of README.md); other notebooks follow, in "More"
     ("Start", ["index", "tutorials/insuranceqa", "tutorials/widgets", "tutorials/insuranceqa_zh"]),
-    ("Course", ["01_data", "02_losses", "06_eval", "09_train", "10_mine", "tutorials/your_data", "04_distributed", "05_gradcache"]),
+    (
+        "Course",
+        [
+            "01_data",
+            "02_losses",
+            "06_eval",
+            "09_train",
+            "10_mine",
+            "tutorials/your_data",
+            "04_distributed",
+            "05_gradcache",
+        ],
+    ),
     ("Reference", ["00_core", "03_model", "07_run_folder", "08_card", "11_widgets", "12_cli"]),
 ]
 MATHJAX = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"  # within the site
