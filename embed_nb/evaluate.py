@@ -180,9 +180,11 @@ def _codes(precision: str, docs: np.ndarray, dim: int, doc_block: int):
     if precision == "binary":
         signs = lambda u: torch.where(u > 0, 1.0, -1.0)  # as ±1: dot product = dim - 2 x Hamming distance
         return signs, signs
-    blocks = [_unit(docs[ds : ds + doc_block], dim) for ds in range(0, len(docs), doc_block)]  # one block at a time
-    lo = torch.stack([b.min(0).values for b in blocks]).min(0).values
-    hi = torch.stack([b.max(0).values for b in blocks]).max(0).values
+    width = min(dim, docs.shape[1])
+    lo, hi = torch.full((width,), torch.inf), torch.full((width,), -torch.inf)
+    for ds in range(0, len(docs), doc_block):  # each dimension's range over the corpus, one block in memory at a time
+        block = _unit(docs[ds : ds + doc_block], dim)
+        lo, hi = torch.minimum(lo, block.min(0).values), torch.maximum(hi, block.max(0).values)
     ranges, quantize, step = torch.stack([lo, hi]).numpy(), _quantize(), (hi - lo) / 255
     steps = lambda u: torch.from_numpy(quantize(u.numpy(), "int8", ranges=ranges).astype(np.float32))
     return (lambda u: u), (lambda u: lo + (steps(u) + 128.5) * step)  # the middle of each document value's step
