@@ -41,6 +41,9 @@ EMBED_NB_OPTIONS = {
         lr=2e-5, temperature=0.02, loss_directions=["query_to_doc"], false_negative_margin=None
     ),  # the original trainer's lr and temperature, plain InfoNCE
     "embed_nb_plain": dict(loss_directions=["query_to_doc"], false_negative_margin=None),
+    # Matryoshka on the model's own vectors (no Dense head), with the mask and without (sentence-transformers' method)
+    "embed_nb_nohead": dict(mrl_head=False),
+    "embed_nb_plain_nohead": dict(mrl_head=False, loss_directions=["query_to_doc"], false_negative_margin=None),
     "embed_nb_mask": dict(loss_directions=["query_to_doc"], false_negative_margin=0.1),
     "embed_nb_gte": dict(loss_directions=ALL_DIRECTIONS, false_negative_margin=None),
     "embed_nb_gte_mask": dict(loss_directions=ALL_DIRECTIONS, false_negative_margin=0.1),

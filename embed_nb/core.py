@@ -316,6 +316,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = _optim(1, "micro-batches per optimizer step", at_least(1))
     mixed_precision: str = _optim("no", "no, fp16 or bf16", one_of("no", "fp16", "bf16"))
     use_mrl: bool = _mrl(False, "train Matryoshka dimensions through a Dense head")
+    mrl_head: bool = _mrl(
+        True, "add that Dense head (the original trainer's); false: truncate the model's own vectors", new=True
+    )
     mrl_dims: list[int] | None = _mrl(None, "dimensions to train, a list or a comma string '128, 256'", positive)
     mrl_weights: list[float] | None = _mrl(None, "weight of each dimension's loss", positive, new=True)
     cosine_weight: float = _distill(10.0, "weight of the cosine term")

@@ -334,12 +334,22 @@ class Embedding(nn.Module):
         mrl_dims: list[int] | None = None,  # dimensions to train; default: the head's width
         head_dim: int | None = None,  # width of an added Dense head (default: max(mrl_dims), or the model's width)
         device: str = "cpu",  # where the model goes
+        mrl_head: bool = True,  # with `use_mrl`: add the Dense head; False: truncate the model's own vectors
         **kwargs,  # passed on to `SentenceTransformer`
     ) -> Embedding:
-        "Load a sentence-transformers model, with a Matryoshka Dense head when `use_mrl`."
+        "Load a sentence-transformers model, with a Matryoshka Dense head when `use_mrl` (and `mrl_head`)."
         path = str(name_or_path or default_model_path())
         check_complete(path)
         st = _load(path, device, **kwargs)
+        if use_mrl and not (mrl_head or head_dim):
+            if mrl_dims and max(mrl_dims) > _width(st):
+                raise ConfigError(
+                    f"mrl_dims up to {max(mrl_dims)}: mrl_head false truncates the model's own {_width(st)}-wide "
+                    f"vectors, so no dimension can be wider (use dims up to {_width(st)}, or mrl_head: true)"
+                )
+            if isinstance(st[-1], models.Normalize):  # normalising belongs after truncation (the losses do it)
+                del st[-1]
+            return cls(st, _fit_dims(mrl_dims or _saved_dims(path), _width(st)))
         if (
             not head_dim
             and use_mrl
@@ -438,7 +448,11 @@ class Embedding(nn.Module):
     def for_training(cls, cfg: TrainConfig, head_dim: int | None = None) -> Embedding:
         "The model `cfg` trains, in training mode: its head (`head_dim` wide), LoRA adapters, checkpointing, dropout."
         model = cls.from_pretrained(
-            cfg.model_name_or_path, use_mrl=cfg.use_mrl, mrl_dims=cfg.mrl_dims, head_dim=head_dim
+            cfg.model_name_or_path,
+            use_mrl=cfg.use_mrl,
+            mrl_dims=cfg.mrl_dims,
+            head_dim=head_dim,
+            mrl_head=cfg.mrl_head,
         )
         if cfg.lora is not None:
             model.add_lora(cfg.lora)
