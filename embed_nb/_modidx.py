@@ -388,6 +388,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                 'embed_nb.train.Run.stop_requested': ('train.html#run.stop_requested', 'embed_nb/train.py'),
                                 'embed_nb.train.Run.train_step': ('train.html#run.train_step', 'embed_nb/train.py'),
                                 'embed_nb.train.Run.whole_model': ('train.html#run.whole_model', 'embed_nb/train.py'),
+                                'embed_nb.train._apart': ('train.html#_apart', 'embed_nb/train.py'),
                                 'embed_nb.train._describe': ('train.html#_describe', 'embed_nb/train.py'),
                                 'embed_nb.train._loop': ('train.html#_loop', 'embed_nb/train.py'),
                                 'embed_nb.train._optimizer': ('train.html#_optimizer', 'embed_nb/train.py'),

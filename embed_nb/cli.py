@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core import EmbedNbError, atomic_write, describe_config, load_config, parse_overrides
+from .core import ConfigError, EmbedNbError, atomic_write, describe_config, load_config, parse_overrides
 
 # %% auto #0
 __all__ = ['IQA_DEMO', 'find_example_data', 'insuranceqa_data', 'demo', 'build_parser', 'run_train', 'run_mine', 'run_score',
@@ -102,11 +102,14 @@ def insuranceqa_data(
     valid_questions: int = 200,  # random `valid` questions, the held-out set
     negatives: int = 4,  # wrong answers per held-out question, from its InsuranceQA pool
     seed: int = 0,
+    language: str = "en",  # "en", or "zh": the same questions and answers in Chinese
 ) -> Path:
     "InsuranceQA's `train` and `valid` splits (PyPI `insuranceqa-data`) as embed_nb pairs and held-out data in `folder`."
     import ast
     import random
 
+    if language not in ("en", "zh"):
+        raise ConfigError(f"language {language!r}: InsuranceQA has en and zh")
     try:
         import insuranceqa_data as iqa
     except ImportError:
@@ -114,12 +117,12 @@ def insuranceqa_data(
             "InsuranceQA needs the PyPI package insuranceqa-data: pip install insuranceqa-data"
         ) from None
     ids = lambda v: [str(x) for x in (ast.literal_eval(v) if isinstance(v, str) else v)]
-    clean = lambda text: " ".join(text.split())  # InsuranceQA's English has doubled spaces
-    answers = {k: clean(v["en"]) for k, v in iqa.load_answers().items()}
+    clean = lambda text: " ".join(text.split())  # InsuranceQA's text has doubled spaces
+    answers = {k: clean(v[language]) for k, v in iqa.load_answers().items()}
     train_split, valid_split = iqa.load_train(), iqa.load_valid()  # the test split is not read
     rng = random.Random(seed)
     train_rows = [
-        {"query": clean(train_split[k]["en"]), "pos": [answers[a]]}
+        {"query": clean(train_split[k][language]), "pos": [answers[a]]}
         for k in rng.sample(sorted(train_split), train_questions)
         for a in ids(train_split[k]["answers"])
     ]
@@ -127,11 +130,11 @@ def insuranceqa_data(
     for k in rng.sample(sorted(valid_split), valid_questions):
         right = ids(valid_split[k]["answers"])
         wrong = [answers[n] for n in ids(valid_split[k]["negatives"]) if n not in right][:negatives]
-        valid_rows.append({"query": clean(valid_split[k]["en"]), "pos": [answers[a] for a in right], "neg": wrong})
+        valid_rows.append({"query": clean(valid_split[k][language]), "pos": [answers[a] for a in right], "neg": wrong})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in [("train.jsonl", train_rows), ("valid.jsonl", valid_rows)]:
-        atomic_write(folder / name, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write(folder / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return folder
 
 # %% ../nbs/12_cli.ipynb #cb932443

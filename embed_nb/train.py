@@ -567,6 +567,12 @@ def _describe(c) -> str:
     return "the average of the final weights and the newest checkpoints" if c == "average" else f"the weights of {c}"
 
 
+def _apart(lower: float, higher: float) -> str:
+    "`lower < higher` with as many decimals (4 to 8) as it takes for the two to differ."
+    digits = next((n for n in range(4, 9) if f"{lower:.{n}f}" != f"{higher:.{n}f}"), 8)
+    return f"{lower:.{digits}f} < {higher:.{digits}f}"
+
+
 @patch
 def keep_best(self: Run, trained: Embedding) -> dict | None:
     """With `eval_dataset` and `merge_base` (main process): put in `trained` the best, on the evaluation data, of the
@@ -650,7 +656,7 @@ def keep_best(self: Run, trained: Embedding) -> dict | None:
     if lower:
         self.bar.write(
             f"the fine-tuned model is worse than its base on the evaluation data ({metric}) at "
-            + ", ".join(f"{d} dims ({tried[1.0][d][metric]:.4f} < {tried[0.0][d][metric]:.4f})" for d in lower)
+            + ", ".join(f"{d} dims ({_apart(tried[1.0][d][metric], tried[0.0][d][metric])})" for d in lower)
         )
     return kept
 
