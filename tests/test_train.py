@@ -111,3 +111,29 @@ def test_keep_best_at_one_dimension(tiny_model, tmp_path):
     assert kept["by"] == 8 and abs(kept["eval"]["8"]["ndcg@10"] - at8[choice]) < 1e-6  # scores are at 8 dims
     assert kept["eval"]["8"]["ndcg@10"] >= max(at8.values()) - MIX_TOLERANCE
     assert abs(kept["best_per_dim"]["8"]["ndcg@10"] - max(at8.values())) < 1e-6
+
+
+def test_matryoshka_without_a_head(tiny_model, tmp_path):
+    """`mrl_head: false` trains the dimensions as the first coordinates of the model's own vectors: the saved model has
+    the base model's modules (less its final Normalize) and parameters, changed by training; a dimension wider than the
+    model is refused before anything is written."""
+    import pytest
+
+    from embed_nb.core import ConfigError
+    from embed_nb.model import Embedding
+
+    cfg = run_config(tiny_model, tmp_path / "run", use_mrl=True, mrl_dims=[8, 32], mrl_head=False)
+    with pytest.raises(ConfigError, match="own 32-wide vectors"):
+        train({**cfg, "mrl_dims": [8, 64]})
+    assert not (tmp_path / "run").exists()
+    trained = Embedding.from_pretrained(str(train(cfg)))
+    base = Embedding.from_pretrained(str(tiny_model))
+    assert [type(m).__name__ for m in trained.model] == ["Transformer", "Pooling"]
+    assert trained.mrl_dims == [8, 32] and trained.dim == 32
+    before, after = base.state_dict(), trained.state_dict()
+    assert set(before) == set(after)  # no layer added
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # and the model's own weights trained
+    last = log_records(tmp_path / "run")[-1]
+    assert np.isfinite(last["loss@8"]) and np.isfinite(last["loss@32"])
+    with_head = Embedding.from_pretrained(str(tiny_model), use_mrl=True, mrl_dims=[8, 32])
+    assert type(with_head.model[-1]).__name__ == "Dense"  # the default, for comparison
