@@ -315,7 +315,7 @@ class TrainConfig:
     max_grad_norm: float | None = _optim(1.0, "gradient clipping; None or 0: none", at_least(0), new=True)
     gradient_accumulation_steps: int = _optim(1, "micro-batches per optimizer step", at_least(1))
     mixed_precision: str = _optim("no", "no, fp16 or bf16", one_of("no", "fp16", "bf16"))
-    use_mrl: bool = _mrl(False, "train Matryoshka dimensions through a Dense head")
+    use_mrl: bool = _mrl(False, "train Matryoshka dimensions (through a Dense head unless mrl_head is false)")
     mrl_head: bool = _mrl(
         True, "add that Dense head (the original trainer's); false: truncate the model's own vectors", new=True
     )

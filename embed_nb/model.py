@@ -176,12 +176,15 @@ def _width(st: SentenceTransformer) -> int:
     return st.get_sentence_embedding_dimension()
 
 # %% ../nbs/03_model.ipynb #74433f1e
-def _add_mrl_head(st: SentenceTransformer, width: int | None, device: str) -> int:
-    "Drop a final `Normalize` from `st`, add a `width`-wide Dense head unless it ends in one; return the head's width."
+def _add_mrl_head(st: SentenceTransformer, width: int | None, device: str, head: bool = True) -> int:
+    """Drop a final `Normalize` from `st` (normalising belongs after truncation, which the losses do); with `head`, add a
+    `width`-wide Dense head unless it ends in one; return the width of the vectors."""
     if isinstance(st[-1], models.Normalize):
         del st[-1]
     if isinstance(st[-1], models.Dense):
         return st[-1].out_features
+    if not head:
+        return _width(st)
     width = width or _width(st)
     st.append(_dense_head(_width(st), width).to(device))
     return width
@@ -341,33 +344,24 @@ class Embedding(nn.Module):
         path = str(name_or_path or default_model_path())
         check_complete(path)
         st = _load(path, device, **kwargs)
-        if use_mrl and not (mrl_head or head_dim):
-            if mrl_dims and max(mrl_dims) > _width(st):
-                raise ConfigError(
-                    f"mrl_dims up to {max(mrl_dims)}: mrl_head false truncates the model's own {_width(st)}-wide "
-                    f"vectors, so no dimension can be wider (use dims up to {_width(st)}, or mrl_head: true)"
-                )
-            if isinstance(st[-1], models.Normalize):  # normalising belongs after truncation (the losses do it)
-                del st[-1]
-            return cls(st, _fit_dims(mrl_dims or _saved_dims(path), _width(st)))
-        if (
-            not head_dim
-            and use_mrl
-            and mrl_dims
-            and max(mrl_dims) > _width(st)
-            and not isinstance(st[-1], models.Dense)
-        ):
-            warnings.warn(
-                f"mrl_dims up to {max(mrl_dims)} are wider than the model's {_width(st)}: the Matryoshka head maps "
-                f"{_width(st)} to {max(mrl_dims)} dims (longer vectors, no more information)",
-                stacklevel=2,
-            )
         bad = nonfinite(st)
         if bad:
             raise ConfigError(f"{path}: holds non-finite weights (nan or inf), e.g. in {bad}: a run that diverged")
         if not (use_mrl or head_dim):
             return cls(st, _saved_dims(path))
-        width = _add_mrl_head(st, head_dim or (max(mrl_dims) if mrl_dims else None), device)
+        head, widest = bool(mrl_head or head_dim), max(mrl_dims) if mrl_dims else 0
+        if widest > _width(st) and not head:
+            raise ConfigError(
+                f"mrl_dims up to {widest}: mrl_head false truncates the model's own {_width(st)}-wide "
+                f"vectors, so no dimension can be wider (use dims up to {_width(st)}, or mrl_head: true)"
+            )
+        if widest > _width(st) and not head_dim and not isinstance(st[-1], models.Dense):
+            warnings.warn(
+                f"mrl_dims up to {widest} are wider than the model's {_width(st)}: the Matryoshka head maps "
+                f"{_width(st)} to {widest} dims (longer vectors, no more information)",
+                stacklevel=2,
+            )
+        width = _add_mrl_head(st, head_dim or widest or None, device, head)
         return cls(st, _fit_dims(mrl_dims or _saved_dims(path), width))
 
     @property

@@ -97,6 +97,10 @@ def notices(cfg: TrainConfig, dataset: EmbeddingDataset) -> list[str]:
             f"mrl_dims {cfg.mrl_dims} is set but use_mrl is false: the model trains at its full width only "
             "(use_mrl: true trains those dimensions)"
         )
+    if not cfg.mrl_head and dataset.spec.teacher:
+        out.append(
+            "mrl_head false: distillation still maps the student's vectors to the teacher's width through a Dense head"
+        )
     most = dataset.most_negatives()
     if cfg.neg_nums and most and cfg.neg_nums > most:
         out.append(
